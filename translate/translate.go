@@ -8,6 +8,20 @@
 package translate
 
 import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/hashicorp/go-multierror"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protopath"
+	"google.golang.org/protobuf/reflect/protorange"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -67,4 +81,161 @@ type Proxy struct {
 	// IP is set only for proxyless workloads, whose server listener names
 	// carry the listening address; Envoy groups leave it empty.
 	IP string
+}
+
+// Defaults applied by Options.WithDefaults, the same as Istio's.
+const (
+	DefaultTrustDomain   = "cluster.local"
+	DefaultClusterDomain = "cluster.local"
+	DefaultRootNamespace = "istio-system"
+)
+
+// WithDefaults returns o with every empty setting replaced by its default.
+func (o Options) WithDefaults() Options {
+	if o.TrustDomain == "" {
+		o.TrustDomain = DefaultTrustDomain
+	}
+	if o.ClusterDomain == "" {
+		o.ClusterDomain = DefaultClusterDomain
+	}
+	if o.RootNamespace == "" {
+		o.RootNamespace = DefaultRootNamespace
+	}
+	return o
+}
+
+// Translate builds the resources for one proxy group. It never fails as a
+// whole: what cannot be expressed is reported in Resources.Problems and
+// replaced by something no weaker than what the policy asked for.
+func Translate(snap *model.Snapshot, p Proxy, opts Options) *Resources {
+	opts = opts.WithDefaults()
+	if snap == nil {
+		snap = &model.Snapshot{}
+	}
+	switch p.Flavor {
+	case FlavorEnvoy:
+		return translateEnvoy(snap, p, opts)
+	case FlavorProxyless:
+		return &Resources{Problems: policy.Problems{{
+			Severity: policy.SeverityError,
+			Message:  "proxyless gRPC translation is not implemented yet; the workload receives no configuration",
+		}}}
+	default:
+		return &Resources{Problems: policy.Problems{{
+			Severity: policy.SeverityError,
+			Message:  fmt.Sprintf("proxy flavour %q is not one of %q, %q; the workload receives no configuration", p.Flavor, FlavorEnvoy, FlavorProxyless),
+		}}}
+	}
+}
+
+// ProxyFor returns the Proxy of a workload for one flavour, with exactly the
+// fields that flavour's translation reads, so that replicas compare equal.
+func ProxyFor(f Flavor, w *model.Workload) Proxy {
+	p := Proxy{Flavor: f}
+	if w == nil {
+		return p
+	}
+	p.Namespace = w.Namespace
+	if len(w.Labels) > 0 {
+		p.Labels = maps.Clone(w.Labels)
+	}
+	if len(w.Ports) > 0 {
+		p.Ports = slices.Clone(w.Ports)
+		slices.SortFunc(p.Ports, compareContainerPort)
+	}
+	if f == FlavorProxyless {
+		p.IP = w.IP
+	}
+	return p
+}
+
+func compareContainerPort(a, b model.ContainerPort) int {
+	return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Name, b.Name))
+}
+
+// Key is the proxy group key: a hash of a canonical encoding of every Proxy
+// field (labels sorted by key, ports sorted), so two proxies share a
+// translation exactly when translation would read the same input for both.
+// Adding a field to Proxy means adding it here.
+func (p Proxy) Key() string {
+	h := sha256.New()
+	field := func(s string) {
+		// Length-prefixing makes the encoding unambiguous ("a"+"bc" ≠ "ab"+"c").
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field(string(p.Flavor))
+	field(p.Namespace)
+	field(strconv.Itoa(len(p.Labels)))
+	for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
+		field(k)
+		field(p.Labels[k])
+	}
+	ports := slices.Clone(p.Ports)
+	slices.SortFunc(ports, compareContainerPort)
+	field(strconv.Itoa(len(ports)))
+	for _, cp := range ports {
+		field(cp.Name)
+		field(strconv.Itoa(int(cp.Port)))
+		field(cp.Protocol)
+	}
+	field(p.IP)
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// Validate runs the generated ValidateAll on every resource, and on every
+// typed config packed inside one (ValidateAll stops at google.protobuf.Any,
+// and most of a listener lives in Anys), and returns all failures at once.
+// The xDS layer calls it before publishing: a group whose resources fail
+// keeps its last good snapshot.
+func (r *Resources) Validate() error {
+	var result *multierror.Error
+	check := func(kind, name string, m proto.Message) {
+		for _, err := range validateDeep(m) {
+			result = multierror.Append(result, fmt.Errorf("generated %s %q is invalid: %w", kind, name, err))
+		}
+	}
+	for _, l := range r.Listeners {
+		check("listener", l.GetName(), l)
+	}
+	for _, rc := range r.Routes {
+		check("route configuration", rc.GetName(), rc)
+	}
+	for _, c := range r.Clusters {
+		check("cluster", c.GetName(), c)
+	}
+	for _, e := range r.Endpoints {
+		check("cluster load assignment", e.GetClusterName(), e)
+	}
+	return result.ErrorOrNil()
+}
+
+type validator interface{ ValidateAll() error }
+
+// validateDeep validates m and every message packed in an Any below it.
+func validateDeep(m proto.Message) []error {
+	var errs []error
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := protorange.Range(m.ProtoReflect(), func(vals protopath.Values) error {
+		last := vals.Index(-1)
+		if last.Step.Kind() != protopath.AnyExpandStep {
+			return nil
+		}
+		if v, ok := last.Value.Message().Interface().(validator); ok {
+			if err := v.ValidateAll(); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", vals.Path[1:], err))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("cannot inspect packed configuration: %w", err))
+	}
+	return errs
 }

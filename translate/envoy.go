@@ -1,0 +1,385 @@
+package translate
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/policy"
+)
+
+// anypbAny shortens the type of typed_extension_protocol_options values.
+type anypbAny = anypb.Any
+
+// translateEnvoy assembles a sidecar's configuration: the inbound side from
+// the services selecting the proxy and the policies applying to it, the
+// outbound side from every service in the mesh (the proxy's own included,
+// as in Istio, so a workload can call its own service).
+func translateEnvoy(snap *model.Snapshot, p Proxy, opts Options) (res *Resources) {
+	defer func() {
+		// Translation is written not to panic on any input; should a bug
+		// make it, the caller gets an error instead of a crash and keeps
+		// serving the last good configuration.
+		if r := recover(); r != nil {
+			res = &Resources{Problems: policy.Problems{{
+				Severity: policy.SeverityError,
+				Message:  fmt.Sprintf("internal error translating for namespace %s: %v; the previous configuration stays in place", p.Namespace, r),
+			}}}
+		}
+	}()
+	res = &Resources{}
+	t := envoyTranslation{snap: snap, proxy: p, opts: opts, res: res}
+	t.inbound()
+	t.outbound()
+	t.finish()
+	return res
+}
+
+type envoyTranslation struct {
+	snap  *model.Snapshot
+	proxy Proxy
+	opts  Options
+	res   *Resources
+}
+
+// inboundPort is one port the workload serves, from the services
+// selecting it.
+type inboundPort struct {
+	target   uint32
+	http, h2 bool
+}
+
+// inboundPorts are the target ports of the services in the proxy's
+// namespace whose selector matches its labels, named target ports resolved
+// through the workload's container ports. When two services disagree about
+// a port's protocol, the first service by name decides, so the choice is
+// stable; a service without a selector selects nothing, as in Kubernetes.
+func (t *envoyTranslation) inboundPorts() []inboundPort {
+	var ports []inboundPort
+	seen := map[uint32]bool{}
+	for i := range t.snap.Services {
+		s := &t.snap.Services[i]
+		if s.Namespace != t.proxy.Namespace || len(s.Selector) == 0 || !labelsMatch(s.Selector, t.proxy.Labels) {
+			continue
+		}
+		for _, sp := range s.Ports {
+			if !isTCP(sp.Protocol) {
+				continue
+			}
+			target := uint32(sp.TargetPort)
+			if sp.TargetPortName != "" {
+				target = 0
+				for _, cp := range t.proxy.Ports {
+					if cp.Name == sp.TargetPortName {
+						target = uint32(cp.Port)
+						break
+					}
+				}
+				if target == 0 {
+					continue // Kubernetes sends no traffic to an unresolvable named port.
+				}
+			}
+			if target == 0 {
+				target = uint32(sp.Port)
+			}
+			if seen[target] {
+				continue
+			}
+			seen[target] = true
+			http, h2 := portProtocol(sp)
+			ports = append(ports, inboundPort{target: target, http: http, h2: h2})
+		}
+	}
+	slices.SortFunc(ports, func(a, b inboundPort) int { return cmp.Compare(a.target, b.target) })
+	return ports
+}
+
+func (t *envoyTranslation) inbound() {
+	root := t.opts.RootNamespace
+	w := policy.Workload{Namespace: t.proxy.Namespace, Labels: t.proxy.Labels}
+	set := &t.snap.Policies
+	peer := set.PeerAuthenticationFor(root, w)
+	authz := set.AuthorizationPoliciesFor(root, w)
+	ras := set.RequestAuthenticationsFor(root, w)
+	t.res.Problems = append(t.res.Problems, peer.Problems...)
+
+	ports := t.inboundPorts()
+	jwtFilter, issuers, jwtProblems := JWTAuthn(ras, t.opts.JWKS)
+	// Compiled for HTTP even when no port is HTTP, so mistakes in a policy
+	// are reported once whatever ports the workload has.
+	httpRBAC, rbacProblems := buildRBAC(authz, authzScope{issuers: issuers})
+	t.res.Problems = append(t.res.Problems, rbacProblems...)
+	var httpFilters []*hcmv3.HttpFilter
+	anyHTTP := slices.ContainsFunc(ports, func(p inboundPort) bool { return p.http })
+	if anyHTTP {
+		// RequestAuthentication only applies to HTTP, as in Istio.
+		t.res.Problems = append(t.res.Problems, jwtProblems...)
+		if jwtFilter != nil {
+			httpFilters = append(httpFilters, jwtFilter)
+		}
+	}
+	httpFilters = append(httpFilters, HTTPRBACFilters(httpRBAC)...)
+
+	var chains []inboundChain
+	for _, port := range ports {
+		mode := peer.ForPort(port.target)
+		cluster := InboundClusterName(port.target)
+		var tcpFilters []*listenerv3.Filter
+		if !port.http {
+			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target})
+			t.res.Problems = append(t.res.Problems, problems...)
+			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster))
+		}
+		for _, tls := range chainKinds(mode) {
+			c := inboundChain{port: port.target, tls: tls, http: port.http, filters: tcpFilters}
+			if port.http {
+				c.filters = []*listenerv3.Filter{HTTPConnectionManager(hcmConfig{
+					statPrefix:  "inbound_0.0.0.0_" + RouteName(port.target),
+					routeConfig: InboundRouteConfiguration(port.target),
+					filters:     httpFilters,
+					mtls:        tls,
+				})}
+			}
+			chains = append(chains, c)
+		}
+		t.res.Clusters = append(t.res.Clusters, InboundCluster(port.target, port.h2))
+	}
+
+	// Ports no service declares still reach the application, under the
+	// workload-wide mTLS mode and the L4 part of its authorization policy
+	// (HTTP-only rules fail closed there without a report: such a port
+	// carries no HTTP minimesh knows of).
+	passthroughRBAC, _ := buildRBAC(authz, authzScope{issuers: issuers, tcp: true})
+	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster))
+	for _, tls := range chainKinds(peer.Mode) {
+		chains = append(chains, inboundChain{tls: tls, filters: passthroughFilters})
+	}
+	t.res.Listeners = append(t.res.Listeners, VirtualInboundListener(chains, t.opts.TrustDomain))
+}
+
+// chainKinds lists which chains a port gets: true for the mTLS chain,
+// false for the plaintext one. UNSET never reaches here (the policy package
+// resolves it), but is treated as PERMISSIVE, Istio's default.
+func chainKinds(mode policy.MTLSMode) []bool {
+	switch mode {
+	case policy.ModeStrict:
+		return []bool{true}
+	case policy.ModeDisable:
+		return []bool{false}
+	default:
+		return []bool{true, false}
+	}
+}
+
+func (t *envoyTranslation) outbound() {
+	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener())
+	t.res.Clusters = append(t.res.Clusters, PassthroughClusters()...)
+
+	hosts := map[uint32][]outboundVirtualHost{}
+	domainsSeen := map[uint32]map[string]bool{}
+	for i := range t.snap.Services {
+		s := &t.snap.Services[i]
+		fqdn := FQDN(s.Name, s.Namespace, t.opts.ClusterDomain)
+		ip := s.ClusterIP
+		if !isIP(ip) {
+			ip = "" // headless ("None") or not allocated
+		}
+		for _, sp := range s.Ports {
+			if !isTCP(sp.Protocol) {
+				continue
+			}
+			port := uint32(sp.Port)
+			if port == VirtualInboundPort || port == VirtualOutboundPort {
+				t.res.Problems = append(t.res.Problems, policy.Problem{
+					Severity: policy.SeverityWarning, Kind: "Service", Namespace: s.Namespace, Name: s.Name,
+					Field:   "spec.ports",
+					Message: fmt.Sprintf("port %d is reserved for the sidecar's own listeners; callers in the mesh cannot reach this service port", port),
+				})
+				continue
+			}
+			http, h2 := portProtocol(sp)
+			name := OutboundClusterName(port, fqdn)
+			eps := t.snap.EndpointsFor(s.Namespace, s.Name, sp.Port)
+			var endpoints []model.Endpoint
+			if eps != nil {
+				endpoints = eps.Endpoints
+			}
+			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, h2, t.clientTLS(s, port, fqdn, h2, endpoints)))
+			t.res.Endpoints = append(t.res.Endpoints, ClusterLoadAssignment(name, endpoints, uint32(sp.TargetPort)))
+
+			switch {
+			case http:
+				if domainsSeen[port] == nil {
+					domainsSeen[port] = map[string]bool{}
+				}
+				var domains []string
+				for _, d := range t.domains(s, fqdn, ip) {
+					for _, dp := range []string{d, d + ":" + RouteName(port)} {
+						if !domainsSeen[port][dp] {
+							domainsSeen[port][dp] = true
+							domains = append(domains, dp)
+						}
+					}
+				}
+				hosts[port] = append(hosts[port], outboundVirtualHost{name: VirtualHostName(fqdn, port), domains: domains, cluster: name})
+			case ip != "":
+				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name))
+			default:
+				// A TCP service without a cluster IP has no address to
+				// listen on: callers dial pod IPs, which virtualOutbound
+				// passes through unchanged.
+			}
+		}
+	}
+	for port, hs := range hosts {
+		t.res.Listeners = append(t.res.Listeners, OutboundHTTPListener(port))
+		t.res.Routes = append(t.res.Routes, RouteConfiguration(port, hs))
+	}
+}
+
+// domains are the names a caller may use for a service, as Istio lists
+// them; the short name only for callers in the same namespace, where DNS
+// search paths resolve it to this service.
+func (t *envoyTranslation) domains(s *model.Service, fqdn, ip string) []string {
+	d := []string{fqdn}
+	if s.Namespace == t.proxy.Namespace {
+		d = append(d, s.Name)
+	}
+	d = append(d, s.Name+"."+s.Namespace, s.Name+"."+s.Namespace+".svc")
+	if ip != "" {
+		d = append(d, ip)
+	}
+	return d
+}
+
+// clientTLS decides the transport toward one service port from the
+// effective DestinationRule TLS (policy.ClientTLSFor).
+func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string, h2 bool, eps []model.Endpoint) clientTLS {
+	eff := t.snap.Policies.ClientTLSFor(policy.ClientTLSQuery{
+		RootNamespace:    t.opts.RootNamespace,
+		ClientNamespace:  t.proxy.Namespace,
+		ServiceNamespace: s.Namespace,
+		ServiceHost:      fqdn,
+		Port:             port,
+		ClusterDomain:    t.opts.ClusterDomain,
+	})
+	sni := SNI(port, fqdn)
+	if eff.Auto || eff.Settings == nil {
+		return clientTLS{auto: true, socket: UpstreamIstioMTLS(sni, t.serviceSANs(s, eps), t.opts.TrustDomain, h2)}
+	}
+	st := eff.Settings
+	switch st.Mode {
+	case policy.TLSDisable:
+		return clientTLS{}
+	case policy.TLSSimple, policy.TLSMutual:
+		return clientTLS{socket: UpstreamFileTLS(st, h2)}
+	default: // ISTIO_MUTUAL
+		if st.SNI != "" {
+			sni = st.SNI
+		}
+		sans := st.SubjectAltNames
+		if len(sans) == 0 {
+			sans = t.serviceSANs(s, eps)
+		}
+		return clientTLS{socket: UpstreamIstioMTLS(sni, sans, t.opts.TrustDomain, h2)}
+	}
+}
+
+// serviceSANs are the SPIFFE IDs of every service account behind a service
+// port, sorted: the identities a server for it may present.
+func (t *envoyTranslation) serviceSANs(s *model.Service, eps []model.Endpoint) []string {
+	var sans []string
+	for _, e := range eps {
+		if e.ServiceAccount != "" {
+			sans = append(sans, SpiffeID(t.opts.TrustDomain, s.Namespace, e.ServiceAccount))
+		}
+	}
+	slices.Sort(sans)
+	return slices.Compact(sans)
+}
+
+// finish puts every list in its canonical order, so equal inputs give
+// byte-identical output whatever order maps were iterated in.
+func (t *envoyTranslation) finish() {
+	r := t.res
+	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(r.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(r.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
+		return cmp.Compare(a.GetClusterName(), b.GetClusterName())
+	})
+	slices.SortFunc(r.Problems, func(a, b policy.Problem) int { return cmp.Compare(a.Error(), b.Error()) })
+	r.Problems = slices.CompactFunc(r.Problems, func(a, b policy.Problem) bool { return a == b })
+}
+
+// portProtocol reports whether a service port carries HTTP and whether that
+// HTTP is HTTP/2, from appProtocol or else Istio's port-name prefixes
+// (http, http2, grpc, grpc-web, alone or followed by "-").
+func portProtocol(sp model.ServicePort) (http, h2 bool) {
+	if ap := strings.ToLower(sp.AppProtocol); ap != "" {
+		switch ap {
+		case "http", "grpc-web":
+			return true, false
+		case "http2", "grpc", "kubernetes.io/h2c":
+			return true, true
+		default:
+			return false, false
+		}
+	}
+	name := strings.ToLower(sp.Name)
+	has := func(p string) bool { return name == p || strings.HasPrefix(name, p+"-") }
+	switch {
+	case has("grpc-web"), has("http"):
+		return true, false
+	case has("http2"), has("grpc"):
+		return true, true
+	}
+	return false, false
+}
+
+// isTCP reports whether a service port is TCP (Kubernetes' default); Envoy
+// sidecars do not carry UDP or SCTP.
+func isTCP(protocol string) bool { return protocol == "" || strings.EqualFold(protocol, "TCP") }
+
+func labelsMatch(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+func socketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       ip,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func wrapBool(b bool) *wrapperspb.BoolValue { return wrapperspb.Bool(b) }
+
+// mustAny packs a typed config with a deterministic encoding: the packed
+// bytes hold maps (RBAC policies, JWT providers), and equal input must give
+// equal bytes or every push would look like a change. Packing only fails for strings that are not
+// UTF-8, which no decoded input contains; translateEnvoy turns the panic
+// into an error should that ever change.
+func mustAny(m proto.Message) *anypb.Any {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic(fmt.Sprintf("packing %T: %v", m, err))
+	}
+	return a
+}
