@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// logLines decodes JSON log lines.
+func logLines(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l == "" {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line is not JSON: %q", l)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+// waitLog polls the log until a line satisfies ok.
+func waitLog(t *testing.T, buf *syncBuffer, what string, ok func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, l := range logLines(t, buf.String()) {
+			if ok(l) {
+				return l
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; log:\n%s", what, buf.String())
+	return nil
+}
+
+func TestServeLoadsAndWatches(t *testing.T) {
+	dir := t.TempDir()
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n"
+	if err := os.WriteFile(filepath.Join(dir, "ns.yaml"), []byte(ns), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--config-dir", dir, "--log-format", "json", "--log-level", "debug"}, &stdout, &stderr)
+	}()
+
+	waitLog(t, &stderr, "the first load", func(l map[string]any) bool {
+		return l["msg"] == "mesh loaded" && l["namespaces"] == 1.0 && l["errors"] == 0.0
+	})
+
+	bad := "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  ports:\n  - port: 80\n    portocol: TCP\n"
+	if err := os.WriteFile(filepath.Join(dir, "svc.yaml"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := waitLog(t, &stderr, "the bad service to be logged", func(l map[string]any) bool {
+		return l["level"] == "ERROR" && l["msg"] == "invalid configuration skipped"
+	})
+	want := map[string]any{
+		"at": filepath.Join(dir, "svc.yaml") + ":9", "kind": "Service", "object": "shop/web",
+		"field": "spec.ports[0].portocol",
+	}
+	for k, v := range want {
+		if l[k] != v {
+			t.Errorf("log attribute %s = %v, want %v", k, l[k], v)
+		}
+	}
+	waitLog(t, &stderr, "a summary counting the error", func(l map[string]any) bool {
+		return l["msg"] == "mesh loaded" && l["errors"] == 1.0 && l["services"] == 0.0
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve returned %v after cancel, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop after its context ended")
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "a.yaml")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args     []string
+		wantCode int
+		// wantOut is expected in stdout, wantErr in stderr.
+		wantOut, wantErr string
+	}{
+		{args: nil, wantCode: 2, wantErr: "no command given"},
+		{args: []string{"--help"}, wantCode: 0, wantOut: "meshd serve --config-dir DIR"},
+		{args: []string{"help"}, wantCode: 0, wantOut: "meshd serve --config-dir DIR"},
+		{args: []string{"frobnicate"}, wantCode: 2, wantErr: `unknown command "frobnicate"`},
+		{args: []string{"serve", "--help"}, wantCode: 0, wantOut: "-root-namespace string"},
+		{args: []string{"serve"}, wantCode: 2, wantErr: "--config-dir is required"},
+		{args: []string{"serve", "--config-dir", filepath.Join(dir, "nope")}, wantCode: 2, wantErr: "no such file or directory"},
+		{args: []string{"serve", "--config-dir", file}, wantCode: 2, wantErr: "is a file, not a directory"},
+		{args: []string{"serve", "--config-dir", dir, "extra"}, wantCode: 2, wantErr: `serve takes no arguments, got "extra"`},
+		{args: []string{"serve", "--config-dir", dir, "--bogus"}, wantCode: 2, wantErr: "flag provided but not defined: -bogus"},
+		{args: []string{"serve", "--config-dir", dir, "--log-level", "loud"}, wantCode: 2, wantErr: `--log-level "loud" is not one of`},
+		{args: []string{"serve", "--config-dir", dir, "--log-format", "xml"}, wantCode: 2, wantErr: `--log-format "xml" is not one of text, json`},
+		{args: []string{"serve", "--config-dir", dir, "--root-namespace", "Istio_System"}, wantCode: 2, wantErr: "is not a namespace name"},
+		{args: []string{"serve", "--config-dir", dir, "--trust-domain", "a/b"}, wantCode: 2, wantErr: "is not a valid trust domain"},
+		{args: []string{"serve", "--config-dir", dir, "--cluster-domain", ""}, wantCode: 2, wantErr: "is not a DNS name"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), tt.args, &stdout, &stderr)
+			code := exitCode(err, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d (err %v)", code, tt.wantCode, err)
+			}
+			if !strings.Contains(stdout.String(), tt.wantOut) {
+				t.Errorf("stdout %q does not contain %q", stdout.String(), tt.wantOut)
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("stderr %q does not contain %q", stderr.String(), tt.wantErr)
+			}
+		})
+	}
+}

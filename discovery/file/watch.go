@@ -1,0 +1,269 @@
+package file
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/minimesh/minimesh/discovery"
+	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/policy"
+)
+
+// Source watches a directory of manifests and publishes a new snapshot
+// whenever what the directory describes changes. It implements
+// discovery.Source.
+type Source struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	// quiet is how long the directory must be still before it is read
+	// again, so an editor's save (write, rename, chmod) or a `cp -r` is
+	// one reload; maxDelay bounds the wait under a steady stream of
+	// writes. The xDS layer debounces pushes separately.
+	quiet, maxDelay time.Duration
+	// retry is how often an unreadable directory is tried again.
+	retry time.Duration
+
+	files   map[string]*fileState
+	watched map[string]bool
+	last    *model.Snapshot
+}
+
+// fileState is what the source remembers about one file between reloads.
+type fileState struct {
+	data []byte
+	// good is the file's last parse that was valid YAML; it stays in force
+	// while the file is broken, so a half-saved edit does not drop the
+	// file's services and policies from the mesh.
+	good    []document
+	hasGood bool
+	// broken describes why the current bytes do not parse, or is nil.
+	broken *model.Problem
+}
+
+var _ discovery.Source = (*Source)(nil)
+
+// New returns a source for dir. Nothing is read until Run.
+func New(dir string, opts Options, log *slog.Logger) *Source {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{
+		dir: dir, opts: opts, log: log,
+		quiet: 50 * time.Millisecond, maxDelay: 500 * time.Millisecond, retry: time.Second,
+		files: map[string]*fileState{}, watched: map[string]bool{},
+	}
+}
+
+// Run loads the directory, publishes the first snapshot, then watches the
+// directory (and every subdirectory, including ones created later) and
+// publishes again after each change that alters the snapshot. It returns nil
+// when ctx ends, or an error if the directory cannot be read or watched at
+// the start.
+func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
+	info, err := os.Stat(s.dir)
+	if err != nil {
+		return fmt.Errorf("config directory %s cannot be read: %w", s.dir, err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("config directory %s is a file; pass the directory that holds it", s.dir)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("cannot watch config directory %s: %w", s.dir, err)
+	}
+	defer func() { _ = w.Close() }()
+	if err := s.reload(w); err != nil {
+		return err
+	}
+	s.publishIfChanged(publish)
+
+	// A stopped timer whose channel is drained: armed when events arrive.
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var firstPending time.Time
+	arm := func(d time.Duration) {
+		now := time.Now()
+		if firstPending.IsZero() {
+			firstPending = now
+		}
+		if wait := firstPending.Add(s.maxDelay).Sub(now); wait < d {
+			d = max(wait, 0)
+		}
+		timer.Reset(d)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("the file watcher stopped unexpectedly")
+			}
+			// Chmod alone never changes content. Everything else may,
+			// including events on hidden names: Kubernetes ConfigMap
+			// volumes swap a hidden "..data" link to update all files.
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			s.log.Debug("config directory changed", "path", ev.Name, "op", ev.Op.String())
+			arm(s.quiet)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("the file watcher stopped unexpectedly")
+			}
+			// An overflow means events were lost: read everything again.
+			s.log.Warn("file watcher reported an error; re-reading the config directory", "dir", s.dir, "err", err)
+			arm(s.quiet)
+		case <-timer.C:
+			firstPending = time.Time{}
+			if err := s.reload(w); err != nil {
+				s.log.Error("config directory cannot be read; keeping the last loaded mesh and trying again",
+					"dir", s.dir, "err", err, "retry", s.retry)
+				timer.Reset(s.retry)
+				continue
+			}
+			s.publishIfChanged(publish)
+		}
+	}
+}
+
+// reload reads every manifest under the directory, keeping the last good
+// version of files that no longer parse, and makes sure every directory is
+// watched. It fails only when the directory itself cannot be read, in which
+// case nothing is changed (a vanished mount must not empty the mesh).
+func (s *Source) reload(w *fsnotify.Watcher) error {
+	var paths []string
+	dirs := map[string]bool{}
+	err := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == s.dir {
+				return err
+			}
+			s.log.Warn("cannot read part of the config directory; skipping it", "path", path, "err", err)
+			return nil
+		}
+		hidden := path != s.dir && strings.HasPrefix(d.Name(), ".")
+		switch {
+		case d.IsDir():
+			if hidden {
+				return filepath.SkipDir
+			}
+			dirs[path] = true
+			// Watch before the walk lists the directory, so a file
+			// created meanwhile raises an event.
+			if !s.watched[path] {
+				if err := w.Add(path); err != nil {
+					s.log.Warn("cannot watch directory; changes in it need a restart", "path", path, "err", err)
+				}
+			}
+		case hidden || !isManifest(path):
+		case d.Type()&fs.ModeSymlink != 0:
+			// Follow links to files (ConfigMap volumes are made of them),
+			// not to directories, which could loop.
+			if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
+				paths = append(paths, path)
+			}
+		case d.Type().IsRegular():
+			paths = append(paths, path)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for d := range s.watched {
+		if !dirs[d] {
+			_ = w.Remove(d) // the kernel drops watches of deleted directories itself
+		}
+	}
+	s.watched = dirs
+
+	present := map[string]bool{}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the walk: same as not there
+		}
+		present[p] = true
+		st := s.files[p]
+		if st == nil {
+			st = &fileState{}
+			s.files[p] = st
+		}
+		if err != nil {
+			st.broken = &model.Problem{Severity: policy.SeverityError, Location: policy.Location{File: p},
+				Message: fmt.Sprintf("the file cannot be read: %v", err)}
+			st.data = nil
+			continue
+		}
+		if st.data != nil && slices.Equal(st.data, data) && st.broken == nil {
+			continue
+		}
+		st.data = data
+		docs, prob := parseFile(File{Path: p, Data: data})
+		if prob != nil {
+			st.broken = prob
+			continue
+		}
+		st.good, st.hasGood, st.broken = docs, true, nil
+	}
+	for p := range s.files {
+		if !present[p] {
+			delete(s.files, p)
+		}
+	}
+	return nil
+}
+
+// snapshot assembles the current files, in path order.
+func (s *Source) snapshot() *model.Snapshot {
+	paths := make([]string, 0, len(s.files))
+	for p := range s.files {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	var docs []document
+	var problems []model.Problem
+	for _, p := range paths {
+		st := s.files[p]
+		if st.broken != nil {
+			prob := *st.broken
+			if st.hasGood {
+				prob.Message += "; its last valid version stays in force until it is fixed"
+			} else {
+				prob.Message += "; no object in this file was loaded"
+			}
+			problems = append(problems, prob)
+		}
+		docs = append(docs, st.good...)
+	}
+	return assemble(docs, problems, s.opts)
+}
+
+func (s *Source) publishIfChanged(publish func(*model.Snapshot)) {
+	snap := s.snapshot()
+	if s.last != nil && reflect.DeepEqual(s.last, snap) {
+		s.log.Debug("config directory re-read; nothing changed")
+		return
+	}
+	s.last = snap
+	publish(snap)
+}
+
+func isManifest(path string) bool {
+	ext := strings.ToLower(filepath.Ext(path))
+	return ext == ".yaml" || ext == ".yml"
+}

@@ -1,0 +1,262 @@
+package kubernetes
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/policy"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func pod(ns, name, ip, sa string, ready bool, labels map[string]string) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{ServiceAccountName: sa, Containers: []corev1.Container{{
+			Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		}}},
+		Status: corev1.PodStatus{PodIP: ip},
+	}
+	st := corev1.ConditionFalse
+	if ready {
+		st = corev1.ConditionTrue
+	}
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: st}}
+	return p
+}
+
+func slice(ns, name, svc string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       ports,
+		Endpoints:   eps,
+	}
+}
+
+func podEndpoint(ip, podName string, ready, serving, terminating *bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{
+		Addresses:  []string{ip},
+		Conditions: discoveryv1.EndpointConditions{Ready: ready, Serving: serving, Terminating: terminating},
+		TargetRef:  &corev1.ObjectReference{Kind: "Pod", Name: podName},
+	}
+}
+
+func TestBuildServicesWorkloadsEndpoints(t *testing.T) {
+	meshed := map[string]string{"app": "product", model.LabelTLSMode: model.TLSModeIstio}
+	in := inputs{
+		namespaces: []*corev1.Namespace{
+			{ObjectMeta: metav1.ObjectMeta{Name: "test"}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "default", Labels: map[string]string{"istio-injection": "enabled"}}},
+		},
+		services: []*corev1.Service{
+			{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "product"},
+				Spec: corev1.ServiceSpec{
+					ClusterIP: "10.96.0.10", Selector: map[string]string{"app": "product"},
+					Ports: []corev1.ServicePort{
+						{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), AppProtocol: ptr("http")},
+						{Name: "grpc", Port: 9090, TargetPort: intstr.FromInt32(9091), Protocol: corev1.ProtocolTCP},
+					},
+				},
+			},
+			// A selector but no slices yet: entries exist, empty.
+			{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "stock"},
+				Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.11", Selector: map[string]string{"app": "stock"}, Ports: []corev1.ServicePort{{Port: 80}}},
+			},
+			// No selector and no slices: no endpoint entries at all.
+			{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "manual"},
+				Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.12", Ports: []corev1.ServicePort{{Port: 443}}},
+			},
+			{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "external"},
+				Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"},
+			},
+		},
+		pods: []*corev1.Pod{
+			pod("default", "product-b", "10.0.0.2", "", false, map[string]string{"app": "product"}),
+			pod("default", "product-a", "10.0.0.1", "product", true, meshed),
+		},
+		slices: []*discoveryv1.EndpointSlice{
+			slice("default", "product-2", "product",
+				[]discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr[int32](8080)}},
+				// Listed by both slices: the first slice by name wins.
+				podEndpoint("10.0.0.1", "product-a", ptr(false), nil, nil),
+				// Not ready but serving and terminating, as during shutdown.
+				podEndpoint("10.0.0.2", "product-b", ptr(false), ptr(true), ptr(true)),
+			),
+			slice("default", "product-1", "product",
+				[]discoveryv1.EndpointPort{
+					{Name: ptr("http"), Port: ptr[int32](8080)},
+					{Name: ptr("grpc"), Port: ptr[int32](9091), Protocol: ptr(corev1.ProtocolTCP)},
+					// Same name, other protocol: must not match the TCP port.
+					{Name: ptr("grpc"), Port: ptr[int32](7777), Protocol: ptr(corev1.ProtocolUDP)},
+				},
+				podEndpoint("10.0.0.1", "product-a", nil, nil, nil),
+				// A targetRef to a pod that is not (yet) known: no identity.
+				podEndpoint("10.0.0.3", "product-c", ptr(true), nil, nil),
+			),
+			// Slices without the service label and FQDN slices are not endpoints.
+			{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "orphan"}, AddressType: discoveryv1.AddressTypeIPv4},
+			{
+				ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "fqdn", Labels: map[string]string{discoveryv1.LabelServiceName: "product"}},
+				AddressType: discoveryv1.AddressTypeFQDN,
+				Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr[int32](8080)}},
+				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"db.example.com"}}},
+			},
+		},
+	}
+
+	got := build(in)
+
+	want := &model.Snapshot{
+		Namespaces: []model.Namespace{{Name: "default", Labels: map[string]string{"istio-injection": "enabled"}}, {Name: "test"}},
+		Services: []model.Service{
+			{Namespace: "default", Name: "manual", ClusterIP: "10.96.0.12", Ports: []model.ServicePort{{Port: 443, TargetPort: 443, Protocol: "TCP"}}},
+			{
+				Namespace: "default", Name: "product", ClusterIP: "10.96.0.10", Selector: map[string]string{"app": "product"},
+				Ports: []model.ServicePort{
+					{Name: "http", Port: 80, TargetPortName: "http", Protocol: "TCP", AppProtocol: "http"},
+					{Name: "grpc", Port: 9090, TargetPort: 9091, Protocol: "TCP"},
+				},
+			},
+			{Namespace: "default", Name: "stock", ClusterIP: "10.96.0.11", Selector: map[string]string{"app": "stock"}, Ports: []model.ServicePort{{Port: 80, TargetPort: 80, Protocol: "TCP"}}},
+		},
+		Workloads: []model.Workload{
+			{
+				Namespace: "default", Name: "product-a", IP: "10.0.0.1", ServiceAccount: "product", Labels: meshed,
+				InMesh: true, Ready: true, Ports: []model.ContainerPort{{Name: "http", Port: 8080, Protocol: "TCP"}},
+			},
+			{
+				Namespace: "default", Name: "product-b", IP: "10.0.0.2", ServiceAccount: "default", Labels: map[string]string{"app": "product"},
+				Ports: []model.ContainerPort{{Name: "http", Port: 8080, Protocol: "TCP"}},
+			},
+		},
+		Endpoints: []model.ServiceEndpoints{
+			{Namespace: "default", Service: "product", Port: 80, Endpoints: []model.Endpoint{
+				{IP: "10.0.0.1", Port: 8080, Workload: "product-a", ServiceAccount: "product", InMesh: true, Ready: true, Serving: true},
+				{IP: "10.0.0.2", Port: 8080, Workload: "product-b", ServiceAccount: "default", Serving: true, Terminating: true},
+				{IP: "10.0.0.3", Port: 8080, Ready: true, Serving: true},
+			}},
+			{Namespace: "default", Service: "product", Port: 9090, Endpoints: []model.Endpoint{
+				{IP: "10.0.0.1", Port: 9091, Workload: "product-a", ServiceAccount: "product", InMesh: true, Ready: true, Serving: true},
+				{IP: "10.0.0.3", Port: 9091, Ready: true, Serving: true},
+			}},
+			{Namespace: "default", Service: "stock", Port: 80, Endpoints: []model.Endpoint{}},
+		},
+		Problems: []model.Problem{{
+			Severity: policy.SeverityWarning, Kind: "Service", Namespace: "default", Name: "external",
+			Field: "spec.type", Message: "type ExternalName is not supported; the service is not part of the mesh",
+		}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("snapshot mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestBuildIsDeterministic: the same cluster state in another list order
+// (informer caches are maps) must give a deeply equal snapshot, or the
+// source would publish on every resync.
+func TestBuildIsDeterministic(t *testing.T) {
+	a := pod("default", "a", "10.0.0.1", "sa", true, map[string]string{"app": "x"})
+	b := pod("default", "b", "10.0.0.2", "sa", true, map[string]string{"app": "x"})
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "x"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "x"}, Ports: []corev1.ServicePort{{Port: 80}}},
+	}
+	ports := []discoveryv1.EndpointPort{{Name: ptr(""), Port: ptr[int32](80)}}
+	s1 := slice("default", "x-1", "x", ports, podEndpoint("10.0.0.1", "a", nil, nil, nil))
+	s2 := slice("default", "x-2", "x", ports, podEndpoint("10.0.0.2", "b", nil, nil, nil), podEndpoint("10.0.0.1", "a", ptr(false), nil, nil))
+
+	one := build(inputs{services: []*corev1.Service{svc}, pods: []*corev1.Pod{a, b}, slices: []*discoveryv1.EndpointSlice{s1, s2}})
+	two := build(inputs{services: []*corev1.Service{svc}, pods: []*corev1.Pod{b, a}, slices: []*discoveryv1.EndpointSlice{s2, s1}})
+	if diff := cmp.Diff(one, two); diff != "" {
+		t.Errorf("list order changed the snapshot (-first +second):\n%s", diff)
+	}
+	if eps := one.EndpointsFor("default", "x", 80); eps == nil || len(eps.Endpoints) != 2 || !eps.Endpoints[0].Ready {
+		t.Errorf("endpoints of x:80 = %+v, want 10.0.0.1 (ready, from slice x-1) and 10.0.0.2", eps)
+	}
+}
+
+func policyObject(apiVersion, kind, ns, name, rv string, spec map[string]any) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": apiVersion, "kind": kind}}
+	u.SetNamespace(ns)
+	u.SetName(name)
+	u.SetUID(types.UID("uid-" + ns + "-" + name))
+	u.SetResourceVersion(rv)
+	u.SetCreationTimestamp(metav1.NewTime(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)))
+	if spec != nil {
+		u.Object["spec"] = spec
+	}
+	return u
+}
+
+func TestDecodeCache(t *testing.T) {
+	var decodedVersions []string
+	c := newDecodeCache(func(u *unstructured.Unstructured, d decoded) {
+		decodedVersions = append(decodedVersions, u.GetName()+"@"+u.GetResourceVersion())
+	})
+	strict := policyObject("security.istio.io/v1", policy.KindPeerAuthentication, "default", "default", "1",
+		map[string]any{"mtls": map[string]any{"mode": "STRICT"}})
+	bad := policyObject("security.istio.io/v1", policy.KindAuthorizationPolicy, "default", "bad", "1",
+		map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"a*b"}}}}}}})
+	empty := policyObject("security.istio.io/v1", policy.KindAuthorizationPolicy, "default", "deny-all", "1", nil)
+
+	got := c.decodeAll([]*unstructured.Unstructured{strict, bad, empty})
+	if len(got) != 3 {
+		t.Fatalf("decodeAll returned %d results, want 3", len(got))
+	}
+	pa, ok := got[0].obj.(*policy.PeerAuthentication)
+	if !ok || pa.Spec.MTLS == nil || pa.Spec.MTLS.Mode != policy.ModeStrict {
+		t.Errorf("PeerAuthentication decoded as %#v, want mode STRICT", got[0].obj)
+	} else if want := (policy.Meta{Kind: policy.KindPeerAuthentication, Namespace: "default", Name: "default",
+		CreationTimestamp: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}); !cmp.Equal(pa.Meta, want) {
+		t.Errorf("meta = %+v, want %+v", pa.Meta, want)
+	}
+	if got[1].obj != nil || !got[1].problems.HasErrors() {
+		t.Errorf("policy with principal a*b: obj=%v problems=%v, want rejected with an error", got[1].obj, got[1].problems)
+	}
+	if ap, ok := got[2].obj.(*policy.AuthorizationPolicy); !ok || len(ap.Spec.Rules) != 0 {
+		t.Errorf("spec-less AuthorizationPolicy decoded as %#v, want an empty (deny-all) policy", got[2].obj)
+	}
+
+	// Unchanged versions are not decoded (or reported) again; a new version is.
+	bad2 := bad.DeepCopy()
+	bad2.SetResourceVersion("2")
+	c.decodeAll([]*unstructured.Unstructured{strict, bad2, empty})
+	// A deleted object is forgotten: if it comes back it is reported again.
+	c.decodeAll([]*unstructured.Unstructured{bad2})
+	c.decodeAll([]*unstructured.Unstructured{strict, bad2})
+	want := []string{"default@1", "bad@1", "deny-all@1", "bad@2", "default@1"}
+	if diff := cmp.Diff(want, decodedVersions); diff != "" {
+		t.Errorf("decoded versions (-want +got):\n%s", diff)
+	}
+}
+
+func TestEventMessage(t *testing.T) {
+	ps := policy.Problems{
+		{Severity: policy.SeverityError, Field: "spec.rules[0].from[0].source.principals[0]", Message: `"a*b" has * in the middle`},
+		{Severity: policy.SeverityWarning, Field: "spec.x", Message: "ignored"},
+		{Severity: policy.SeverityError, Message: "no field"},
+	}
+	got := eventMessage("policy is not applied: ", ps, policy.SeverityError)
+	want := `policy is not applied: spec.rules[0].from[0].source.principals[0]: "a*b" has * in the middle; no field`
+	if got != want {
+		t.Errorf("eventMessage = %q, want %q", got, want)
+	}
+	long := policy.Problems{{Severity: policy.SeverityError, Message: string(make([]byte, 5000))}}
+	if n := len(eventMessage("p: ", long, policy.SeverityError)); n > maxEventMessage {
+		t.Errorf("message is %d bytes, want at most %d", n, maxEventMessage)
+	}
+}

@@ -1,0 +1,33 @@
+package kubernetes
+
+import (
+	"bytes"
+	"embed"
+	"io/fs"
+	"path"
+)
+
+//go:embed crds/*.yaml
+var crdFiles embed.FS
+
+//go:embed rbac.yaml
+var rbac []byte
+
+// CRDs returns the CustomResourceDefinitions of the four policy kinds as
+// one multi-document YAML manifest, for `kubectl apply -f -` and for tests.
+func CRDs() []byte {
+	// The embedded directory always exists and is read in name order, so
+	// neither call can fail.
+	entries, _ := fs.ReadDir(crdFiles, "crds")
+	var out bytes.Buffer
+	for _, e := range entries {
+		b, _ := crdFiles.ReadFile(path.Join("crds", e.Name()))
+		out.WriteString("---\n")
+		out.Write(b)
+	}
+	return out.Bytes()
+}
+
+// RBAC returns the ClusterRole meshd needs (rbac.yaml): read access to
+// what discovery watches, Events, and TokenReviews.
+func RBAC() []byte { return bytes.Clone(rbac) }
