@@ -33,10 +33,7 @@ func translateEnvoy(snap *model.Snapshot, p Proxy, opts Options) (res *Resources
 		// make it, the caller gets an error instead of a crash and keeps
 		// serving the last good configuration.
 		if r := recover(); r != nil {
-			res = &Resources{Problems: policy.Problems{{
-				Severity: policy.SeverityError,
-				Message:  fmt.Sprintf("internal error translating for namespace %s: %v; the previous configuration stays in place", p.Namespace, r),
-			}}}
+			res = internalError(p, r)
 		}
 	}()
 	res = &Resources{}
@@ -45,6 +42,14 @@ func translateEnvoy(snap *model.Snapshot, p Proxy, opts Options) (res *Resources
 	t.outbound()
 	t.finish()
 	return res
+}
+
+// internalError is the result of a translation that panicked.
+func internalError(p Proxy, r any) *Resources {
+	return &Resources{Problems: policy.Problems{{
+		Severity: policy.SeverityError,
+		Message:  fmt.Sprintf("internal error translating for namespace %s: %v; the previous configuration stays in place", p.Namespace, r),
+	}}}
 }
 
 type envoyTranslation struct {
@@ -66,12 +71,13 @@ type inboundPort struct {
 // through the workload's container ports. When two services disagree about
 // a port's protocol, the first service by name decides, so the choice is
 // stable; a service without a selector selects nothing, as in Kubernetes.
-func (t *envoyTranslation) inboundPorts() []inboundPort {
+// Both flavours use it.
+func inboundPorts(snap *model.Snapshot, proxy Proxy) []inboundPort {
 	var ports []inboundPort
 	seen := map[uint32]bool{}
-	for i := range t.snap.Services {
-		s := &t.snap.Services[i]
-		if s.Namespace != t.proxy.Namespace || len(s.Selector) == 0 || !labelsMatch(s.Selector, t.proxy.Labels) {
+	for i := range snap.Services {
+		s := &snap.Services[i]
+		if s.Namespace != proxy.Namespace || len(s.Selector) == 0 || !labelsMatch(s.Selector, proxy.Labels) {
 			continue
 		}
 		for _, sp := range s.Ports {
@@ -81,7 +87,7 @@ func (t *envoyTranslation) inboundPorts() []inboundPort {
 			target := uint32(sp.TargetPort)
 			if sp.TargetPortName != "" {
 				target = 0
-				for _, cp := range t.proxy.Ports {
+				for _, cp := range proxy.Ports {
 					if cp.Name == sp.TargetPortName {
 						target = uint32(cp.Port)
 						break
@@ -115,7 +121,7 @@ func (t *envoyTranslation) inbound() {
 	ras := set.RequestAuthenticationsFor(root, w)
 	t.res.Problems = append(t.res.Problems, peer.Problems...)
 
-	ports := t.inboundPorts()
+	ports := inboundPorts(t.snap, t.proxy)
 	jwtFilter, issuers, jwtProblems := JWTAuthn(ras, t.opts.JWKS)
 	// Compiled for HTTP even when no port is HTTP, so mistakes in a policy
 	// are reported once whatever ports the workload has.
@@ -300,10 +306,14 @@ func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string,
 // serviceSANs are the SPIFFE IDs of every service account behind a service
 // port, sorted: the identities a server for it may present.
 func (t *envoyTranslation) serviceSANs(s *model.Service, eps []model.Endpoint) []string {
+	return serviceSANs(t.opts.TrustDomain, s, eps)
+}
+
+func serviceSANs(trustDomain string, s *model.Service, eps []model.Endpoint) []string {
 	var sans []string
 	for _, e := range eps {
 		if e.ServiceAccount != "" {
-			sans = append(sans, SpiffeID(t.opts.TrustDomain, s.Namespace, e.ServiceAccount))
+			sans = append(sans, SpiffeID(trustDomain, s.Namespace, e.ServiceAccount))
 		}
 	}
 	slices.Sort(sans)
@@ -312,8 +322,11 @@ func (t *envoyTranslation) serviceSANs(s *model.Service, eps []model.Endpoint) [
 
 // finish puts every list in its canonical order, so equal inputs give
 // byte-identical output whatever order maps were iterated in.
-func (t *envoyTranslation) finish() {
-	r := t.res
+func (t *envoyTranslation) finish() { canonicalize(t.res) }
+
+// canonicalize sorts every list of r by name and drops duplicate problems;
+// both flavours end with it.
+func canonicalize(r *Resources) {
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })

@@ -36,11 +36,20 @@ var outputKinds = []string{"listeners", "routes", "clusters", "endpoints", "prob
 
 // TestGoldenEnvoy translates every testdata/envoy/<case>.yaml for the proxy
 // its first line names ("# proxy: <namespace>/<pod>") and compares the
-// result with <case>.<kind>.yaml. Every case also has to pass ValidateAll
-// and go-control-plane's snapshot consistency check, as the xDS layer
-// requires before publishing.
-func TestGoldenEnvoy(t *testing.T) {
-	dir := filepath.Join("testdata", "envoy")
+// result with <case>.<kind>.yaml. Every case also has to pass ValidateAll,
+// CheckReferences and go-control-plane's snapshot consistency check, as the
+// xDS layer requires before publishing.
+func TestGoldenEnvoy(t *testing.T) { runGolden(t, FlavorEnvoy, "envoy") }
+
+// TestGoldenProxyless does the same for proxyless gRPC workloads under
+// testdata/proxyless, whose proxy is ProxyFor(FlavorProxyless, pod).
+// go-control-plane's consistency check reports client API listeners' route
+// names as missing, so CheckReferences alone stands in for it.
+func TestGoldenProxyless(t *testing.T) { runGolden(t, FlavorProxyless, "proxyless") }
+
+// runGolden is the one harness for both flavours' golden cases.
+func runGolden(t *testing.T, flavor Flavor, subdir string) {
+	dir := filepath.Join("testdata", subdir)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -59,12 +68,12 @@ func TestGoldenEnvoy(t *testing.T) {
 		cases = append(cases, strings.TrimSuffix(name, ".yaml"))
 	}
 	if len(cases) == 0 {
-		t.Fatal("no cases under testdata/envoy")
+		t.Fatalf("no cases under %s", dir)
 	}
 	used := map[string]bool{}
 	for _, c := range cases {
 		t.Run(c, func(t *testing.T) {
-			outputs := translateCase(t, filepath.Join(dir, c+".yaml"))
+			outputs := translateCase(t, filepath.Join(dir, c+".yaml"), flavor)
 			for _, kind := range outputKinds {
 				name := c + "." + kind + ".yaml"
 				got, ok := outputs[kind]
@@ -103,14 +112,14 @@ func isOutputFile(name string) bool {
 
 // translateCase builds the snapshot, translates, checks validity and
 // consistency, and renders every output as YAML.
-func translateCase(t *testing.T, path string) map[string][]byte {
+func translateCase(t *testing.T, path string, flavor Flavor) map[string][]byte {
 	t.Helper()
-	snap, proxy := loadCase(t, path)
+	snap, proxy := loadCase(t, path, flavor)
 	res := Translate(snap, proxy, Options{JWKS: goldenJWKS})
 	if err := res.Validate(); err != nil {
 		t.Errorf("generated resources are invalid:\n%v", err)
 	}
-	if err := consistent(res); err != nil {
+	if err := checkConsistency(res, flavor); err != nil {
 		t.Errorf("generated resources are not a consistent snapshot: %v", err)
 	}
 	out := map[string][]byte{
@@ -136,7 +145,7 @@ func translateCase(t *testing.T, path string) map[string][]byte {
 // loadCase parses a case file with the file discovery builder and returns
 // the snapshot and the proxy its "# proxy: ns/pod" line names. Any error
 // in the input fails the test: a case must say what it means.
-func loadCase(t *testing.T, path string) (*model.Snapshot, Proxy) {
+func loadCase(t *testing.T, path string, flavor Flavor) (*model.Snapshot, Proxy) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -161,7 +170,20 @@ func loadCase(t *testing.T, path string) (*model.Snapshot, Proxy) {
 	if w == nil {
 		t.Fatalf("%s: pod %s/%s is not in the input", path, ns, pod)
 	}
-	return snap, ProxyFor(FlavorEnvoy, w)
+	return snap, ProxyFor(flavor, w)
+}
+
+// checkConsistency is what the xDS layer checks before publishing:
+// CheckReferences for both flavours, and go-control-plane's own check too
+// for Envoy (it cannot judge proxyless API listeners).
+func checkConsistency(res *Resources, flavor Flavor) error {
+	if err := res.CheckReferences(); err != nil {
+		return err
+	}
+	if flavor == FlavorEnvoy {
+		return consistent(res)
+	}
+	return nil
 }
 
 // consistent checks what go-control-plane's ADS snapshot cache checks:
@@ -233,9 +255,21 @@ func compareGolden(t *testing.T, path string, got []byte) {
 // TestDeterministic translates the same input twice, from two separately
 // built snapshots, and requires byte-identical deterministic encodings.
 func TestDeterministic(t *testing.T) {
-	path := filepath.Join("testdata", "envoy", "jwt-request-principals.yaml")
+	for _, c := range []struct {
+		flavor Flavor
+		path   string
+	}{
+		{FlavorEnvoy, filepath.Join("testdata", "envoy", "jwt-request-principals.yaml")},
+		{FlavorProxyless, filepath.Join("testdata", "proxyless", "jwt-token-deny.yaml")},
+		{FlavorProxyless, filepath.Join("testdata", "proxyless", "no-policy.yaml")},
+	} {
+		t.Run(string(c.flavor)+"/"+filepath.Base(c.path), func(t *testing.T) { testDeterministic(t, c.flavor, c.path) })
+	}
+}
+
+func testDeterministic(t *testing.T, flavor Flavor, path string) {
 	encode := func() []byte {
-		snap, proxy := loadCase(t, path)
+		snap, proxy := loadCase(t, path, flavor)
 		res := Translate(snap, proxy, Options{JWKS: goldenJWKS})
 		var buf bytes.Buffer
 		opts := proto.MarshalOptions{Deterministic: true}
@@ -277,6 +311,14 @@ func TestCasesCoverIssue(t *testing.T) {
 	} {
 		if _, err := os.Stat(filepath.Join("testdata", "envoy", c+".yaml")); err != nil {
 			t.Errorf("golden case %s is missing: %v", c, err)
+		}
+	}
+	for _, c := range []string{
+		"no-policy", "namespace-strict", "port-disable-in-strict", "dr-disable-to-strict", "deny-all",
+		"allow-principal-method-path", "deny-beats-allow", "jwt-token-deny", "auto-mtls-mixed",
+	} {
+		if _, err := os.Stat(filepath.Join("testdata", "proxyless", c+".yaml")); err != nil {
+			t.Errorf("proxyless golden case %s is missing: %v", c, err)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 )
 
@@ -27,6 +28,27 @@ import (
 //	passthrough clusters  PassthroughCluster, InboundPassthroughCluster (ORIGINAL_DST)
 //	SPIFFE identity       spiffe://<trustDomain>/ns/<ns>/sa/<serviceAccount>
 //
+// Proxyless gRPC workloads (node metadata GENERATOR=grpc) ask for resources
+// by names gRPC itself derives, so those names are fixed by gRPC:
+//
+//	server listener       grpc/server?xds.resource.listening_address=<ip>:<port>
+//	                      from the bootstrap template ServerListenerNameTemplate
+//	                      and the address the server listens on ([<ipv6>]:<port>)
+//	client listener       <authority>                      the target's authority, one per form a
+//	                      <fqdn>:<port>                    gRPC target may use: xds:///product.default.svc.cluster.local:8080,
+//	                      <name>.<ns>.svc:<port>           xds:///product.default.svc:8080,
+//	                      <name>.<ns>:<port>               xds:///product.default:8080, and, for
+//	                      <name>:<port>                    services in the caller's own namespace, xds:///product:8080
+//	client route          outbound|<port>||<fqdn>          one per service port, shared by all its client listeners;
+//	                                                       its virtual host <fqdn>:<port> lists every authority form
+//	cluster, endpoints    outbound|<port>||<fqdn>          as for Envoy
+//	server chains         inbound|<port>||mtls, inbound|<port>||plaintext
+//	server route          inbound|<port>||                 inlined; every RPC is served locally (non_forwarding_action)
+//	certificate provider  default                          instance in the gRPC bootstrap for both the
+//	                                                       workload certificate and the trust bundle
+//	RBAC filters          envoy.filters.http.rbac.deny, envoy.filters.http.rbac.allow (gRPC refuses duplicate names)
+//	JWT token deny        ns[<ns>]-requestauth[<name>]-jwt[<i>]  DENY policy standing in for an unverifiable JWT rule
+//
 // Inbound filter chains are named after the cluster they feed, with the kind
 // of traffic they accept appended ("inbound|8080||mtls",
 // "inbound|8080||plaintext"), because Envoy requires filter-chain names to be
@@ -45,6 +67,15 @@ const (
 	// test harness) redirects traffic, as in Istio.
 	VirtualInboundPort  = 15006
 	VirtualOutboundPort = 15001
+
+	// ServerListenerNameTemplate is the gRPC bootstrap's
+	// server_listener_resource_name_template; gRPC replaces %s with the
+	// address it listens on.
+	ServerListenerNameTemplate = "grpc/server?xds.resource.listening_address=%s"
+	// CertificateProviderInstance is the certificate provider instance a
+	// proxyless workload's bootstrap defines; it serves both the workload
+	// certificate and the trust bundle.
+	CertificateProviderInstance = "default"
 
 	// inboundPassthroughName prefixes the chains that accept traffic for
 	// ports no service declares.
@@ -87,6 +118,24 @@ func RouteName(port uint32) string { return strconv.FormatUint(uint64(port), 10)
 // VirtualHostName is <fqdn>:<port>.
 func VirtualHostName(fqdn string, port uint32) string {
 	return fqdn + ":" + strconv.FormatUint(uint64(port), 10)
+}
+
+// ServerListenerName is the name a proxyless gRPC server listening on
+// ip:port asks for (ServerListenerNameTemplate filled in).
+func ServerListenerName(ip string, port uint32) string {
+	return fmt.Sprintf(ServerListenerNameTemplate, net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10)))
+}
+
+// Authorities are the client listener names of one service port for a
+// proxyless caller in callerNamespace, longest form first; the short name
+// only in the service's own namespace, where Istio offers it too.
+func Authorities(name, namespace, clusterDomain string, port uint32, callerNamespace string) []string {
+	p := ":" + strconv.FormatUint(uint64(port), 10)
+	out := []string{FQDN(name, namespace, clusterDomain) + p, name + "." + namespace + ".svc" + p, name + "." + namespace + p}
+	if namespace == callerNamespace {
+		out = append(out, name+p)
+	}
+	return out
 }
 
 // RBACPolicyName is ns[<ns>]-policy[<name>]-rule[<i>].

@@ -67,6 +67,11 @@ type authzScope struct {
 	tcp bool
 	// port names the target port in problems; 0 is any undeclared port.
 	port uint32
+	// grpc is true for a proxyless gRPC server. gRPC's RBAC engine has no
+	// dynamic metadata (so no verified JWT to match), sees an empty
+	// requested server name, and refuses header matchers on :scheme and
+	// grpc-* names; such fields fail closed there like L7 fields on TCP.
+	grpc bool
 }
 
 // rbacRules are the compiled RBAC configurations for one chain, nil when a
@@ -132,12 +137,37 @@ func HTTPRBACFilters(r rbacRules) []*hcmv3.HttpFilter {
 		if rules == nil {
 			continue
 		}
-		out = append(out, &hcmv3.HttpFilter{
-			Name:       wellknown.HTTPRoleBasedAccessControl,
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttpv3.RBAC{Rules: rules})},
-		})
+		out = append(out, httpRBACFilter(wellknown.HTTPRoleBasedAccessControl, rules))
 	}
 	return out
+}
+
+// Names of the proxyless RBAC filters. gRPC refuses two HTTP filters with
+// one name (Envoy does not), so the deny and allow filters are told apart.
+const (
+	grpcRBACDenyFilterName  = wellknown.HTTPRoleBasedAccessControl + ".deny"
+	grpcRBACAllowFilterName = wellknown.HTTPRoleBasedAccessControl + ".allow"
+)
+
+// GRPCRBACFilters are the HTTP filters for a proxyless gRPC server: deny,
+// then allow. gRPC only enforces ALLOW and DENY (it ignores a LOG filter),
+// so audit rules are not sent; the caller reports that.
+func GRPCRBACFilters(r rbacRules) []*hcmv3.HttpFilter {
+	var out []*hcmv3.HttpFilter
+	if r.deny != nil {
+		out = append(out, httpRBACFilter(grpcRBACDenyFilterName, r.deny))
+	}
+	if r.allow != nil {
+		out = append(out, httpRBACFilter(grpcRBACAllowFilterName, r.allow))
+	}
+	return out
+}
+
+func httpRBACFilter(name string, rules *rbacv3.RBAC) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name:       name,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttpv3.RBAC{Rules: rules})},
+	}
 }
 
 // NetworkRBACFilters are the network filters for compiled rules, placed
@@ -172,6 +202,35 @@ type ruleBuilder struct {
 
 // errNeedsHTTP marks a field that a TCP chain cannot check.
 var errNeedsHTTP = errors.New("needs HTTP")
+
+// Fields proxyless gRPC cannot check (see authzScope.grpc).
+var (
+	errNeedsJWT = errors.New("needs a verified JWT, which proxyless gRPC cannot verify (it has no JWT filter)")
+	errNoSNI    = errors.New("gRPC's RBAC cannot see the requested server name")
+)
+
+// requirement is what a field needs from the chain to be checked.
+type requirement uint8
+
+const (
+	needsHTTP requirement = 1 << iota
+	needsJWT
+	needsSNI
+)
+
+// unsupported returns why the chain cannot check a field with these needs,
+// or nil.
+func (b *ruleBuilder) unsupported(needs requirement) error {
+	switch {
+	case needs&needsHTTP != 0 && b.scope.tcp:
+		return errNeedsHTTP
+	case needs&needsJWT != 0 && b.scope.grpc:
+		return errNeedsJWT
+	case needs&needsSNI != 0 && b.scope.grpc:
+		return errNoSNI
+	}
+	return nil
+}
 
 // fail records a field that cannot be expressed and applies the fail-closed
 // choice for the rule's action.
@@ -248,12 +307,12 @@ func (b *ruleBuilder) source(s *policy.Source, path string) *rbacv3.Principal {
 		return anyPrincipal()
 	}
 	var ids []*rbacv3.Principal
-	field := func(name string, values []string, negate, l7 bool, one func(string) (*rbacv3.Principal, error)) {
+	field := func(name string, values []string, negate bool, needs requirement, one func(string) (*rbacv3.Principal, error)) {
 		if len(values) == 0 {
 			return
 		}
-		if l7 && b.scope.tcp {
-			b.fail(path+"."+name, errNeedsHTTP)
+		if err := b.unsupported(needs); err != nil {
+			b.fail(path+"."+name, err)
 			return
 		}
 		var alts []*rbacv3.Principal
@@ -271,14 +330,14 @@ func (b *ruleBuilder) source(s *policy.Source, path string) *rbacv3.Principal {
 		}
 		ids = append(ids, p)
 	}
-	field("principals", s.Principals, false, false, b.principal)
-	field("notPrincipals", s.NotPrincipals, true, false, b.principal)
-	field("requestPrincipals", s.RequestPrincipals, false, true, b.requestPrincipal)
-	field("notRequestPrincipals", s.NotRequestPrincipals, true, true, b.requestPrincipal)
-	field("namespaces", s.Namespaces, false, false, namespacePrincipal)
-	field("notNamespaces", s.NotNamespaces, true, false, namespacePrincipal)
-	field("ipBlocks", s.IPBlocks, false, false, directRemoteIP)
-	field("notIpBlocks", s.NotIPBlocks, true, false, directRemoteIP)
+	field("principals", s.Principals, false, 0, b.principal)
+	field("notPrincipals", s.NotPrincipals, true, 0, b.principal)
+	field("requestPrincipals", s.RequestPrincipals, false, needsHTTP|needsJWT, b.requestPrincipal)
+	field("notRequestPrincipals", s.NotRequestPrincipals, true, needsHTTP|needsJWT, b.requestPrincipal)
+	field("namespaces", s.Namespaces, false, 0, namespacePrincipal)
+	field("notNamespaces", s.NotNamespaces, true, 0, namespacePrincipal)
+	field("ipBlocks", s.IPBlocks, false, 0, directRemoteIP)
+	field("notIpBlocks", s.NotIPBlocks, true, 0, directRemoteIP)
 	return andIDs(ids)
 }
 
@@ -288,12 +347,12 @@ func (b *ruleBuilder) operation(o *policy.Operation, path string) *rbacv3.Permis
 		return anyPermission()
 	}
 	var rules []*rbacv3.Permission
-	field := func(name string, values []string, negate, l7 bool, one func(string) (*rbacv3.Permission, error)) {
+	field := func(name string, values []string, negate bool, needs requirement, one func(string) (*rbacv3.Permission, error)) {
 		if len(values) == 0 {
 			return
 		}
-		if l7 && b.scope.tcp {
-			b.fail(path+"."+name, errNeedsHTTP)
+		if err := b.unsupported(needs); err != nil {
+			b.fail(path+"."+name, err)
 			return
 		}
 		var alts []*rbacv3.Permission
@@ -311,14 +370,14 @@ func (b *ruleBuilder) operation(o *policy.Operation, path string) *rbacv3.Permis
 		}
 		rules = append(rules, p)
 	}
-	field("hosts", o.Hosts, false, true, hostPermission)
-	field("notHosts", o.NotHosts, true, true, hostPermission)
-	field("ports", o.Ports, false, false, portPermission)
-	field("notPorts", o.NotPorts, true, false, portPermission)
-	field("methods", o.Methods, false, true, methodPermission)
-	field("notMethods", o.NotMethods, true, true, methodPermission)
-	field("paths", o.Paths, false, true, pathPermission)
-	field("notPaths", o.NotPaths, true, true, pathPermission)
+	field("hosts", o.Hosts, false, needsHTTP, hostPermission)
+	field("notHosts", o.NotHosts, true, needsHTTP, hostPermission)
+	field("ports", o.Ports, false, 0, portPermission)
+	field("notPorts", o.NotPorts, true, 0, portPermission)
+	field("methods", o.Methods, false, needsHTTP, methodPermission)
+	field("notMethods", o.NotMethods, true, needsHTTP, methodPermission)
+	field("paths", o.Paths, false, needsHTTP, pathPermission)
+	field("notPaths", o.NotPaths, true, needsHTTP, pathPermission)
 	return andRules(rules)
 }
 
@@ -331,9 +390,9 @@ func (b *ruleBuilder) condition(c policy.Condition) (*rbacv3.Principal, *rbacv3.
 	type principalFn = func(string) (*rbacv3.Principal, error)
 	type permissionFn = func(string) (*rbacv3.Permission, error)
 	var (
-		pr principalFn
-		pe permissionFn
-		l7 bool
+		pr    principalFn
+		pe    permissionFn
+		needs requirement
 	)
 	switch {
 	case strings.HasPrefix(key, "request.headers["):
@@ -341,7 +400,11 @@ func (b *ruleBuilder) condition(c policy.Condition) (*rbacv3.Principal, *rbacv3.
 		if !ok || len(name) != 1 {
 			return nil, nil, fmt.Errorf("key %q is not request.headers[<name>]", key)
 		}
-		l7 = true
+		if lower := strings.ToLower(name[0]); b.scope.grpc && (lower == ":scheme" || strings.HasPrefix(lower, "grpc-")) {
+			// gRPC refuses the whole listener over such a matcher.
+			return nil, nil, fmt.Errorf("gRPC's RBAC refuses rules on header %q", name[0])
+		}
+		needs = needsHTTP
 		pr = func(v string) (*rbacv3.Principal, error) {
 			return &rbacv3.Principal{Identifier: &rbacv3.Principal_Header{Header: headerMatcher(name[0], v, false)}}, nil
 		}
@@ -354,30 +417,31 @@ func (b *ruleBuilder) condition(c policy.Condition) (*rbacv3.Principal, *rbacv3.
 	case key == "source.principal":
 		pr = b.principal
 	case key == "request.auth.principal":
-		l7, pr = true, b.requestPrincipal
+		needs, pr = needsHTTP|needsJWT, b.requestPrincipal
 	case key == "request.auth.audiences":
-		l7, pr = true, claimPrincipal([]string{"aud"})
+		needs, pr = needsHTTP|needsJWT, claimPrincipal([]string{"aud"})
 	case key == "request.auth.presenter":
-		l7, pr = true, claimPrincipal([]string{"azp"})
+		needs, pr = needsHTTP|needsJWT, claimPrincipal([]string{"azp"})
 	case strings.HasPrefix(key, "request.auth.claims["):
 		path, ok := bracketed(strings.TrimPrefix(key, "request.auth.claims"))
 		if !ok {
 			return nil, nil, fmt.Errorf("key %q is not request.auth.claims[<name>] (or [<name>][<nested>])", key)
 		}
-		l7, pr = true, claimPrincipal(path)
+		needs, pr = needsHTTP|needsJWT, claimPrincipal(path)
 	case key == "destination.ip":
 		pe = destinationIP
 	case key == "destination.port":
 		pe = portPermission
 	case key == "connection.sni":
+		needs = needsSNI
 		pe = func(v string) (*rbacv3.Permission, error) {
 			return &rbacv3.Permission{Rule: &rbacv3.Permission_RequestedServerName{RequestedServerName: istioMatcher(v)}}, nil
 		}
 	default:
 		return nil, nil, fmt.Errorf("condition key %q is not supported", key)
 	}
-	if l7 && b.scope.tcp {
-		return nil, nil, errNeedsHTTP
+	if err := b.unsupported(needs); err != nil {
+		return nil, nil, err
 	}
 	if pr != nil {
 		var ids []*rbacv3.Principal

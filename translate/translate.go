@@ -26,6 +26,8 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
@@ -116,10 +118,7 @@ func Translate(snap *model.Snapshot, p Proxy, opts Options) *Resources {
 	case FlavorEnvoy:
 		return translateEnvoy(snap, p, opts)
 	case FlavorProxyless:
-		return &Resources{Problems: policy.Problems{{
-			Severity: policy.SeverityError,
-			Message:  "proxyless gRPC translation is not implemented yet; the workload receives no configuration",
-		}}}
+		return translateProxyless(snap, p, opts)
 	default:
 		return &Resources{Problems: policy.Problems{{
 			Severity: policy.SeverityError,
@@ -210,6 +209,141 @@ func (r *Resources) Validate() error {
 		check("cluster load assignment", e.GetClusterName(), e)
 	}
 	return result.ErrorOrNil()
+}
+
+// CheckReferences checks that the resources join up, for either flavour:
+// every RDS name a listener uses has its route configuration, every cluster
+// a route or TCP proxy names exists, every EDS cluster has its
+// ClusterLoadAssignment, names are unique per type, and nothing is left
+// over (a route configuration no listener uses, an assignment no cluster
+// reads). The xDS layer calls it before publishing; go-control-plane's
+// Snapshot.Consistent cannot be used for proxyless groups, because it
+// reports client API listeners' route names as missing.
+func (r *Resources) CheckReferences() error {
+	var result *multierror.Error
+	fail := func(format string, args ...any) {
+		result = multierror.Append(result, fmt.Errorf(format, args...))
+	}
+	unique := func(kind string, names []string) map[string]bool {
+		set := make(map[string]bool, len(names))
+		for _, n := range names {
+			if set[n] {
+				fail("%s %q is generated twice", kind, n)
+			}
+			set[n] = true
+		}
+		return set
+	}
+	names := func(n int, name func(int) string) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = name(i)
+		}
+		return out
+	}
+	unique("listener", names(len(r.Listeners), func(i int) string { return r.Listeners[i].GetName() }))
+	routes := unique("route configuration", names(len(r.Routes), func(i int) string { return r.Routes[i].GetName() }))
+	clusters := unique("cluster", names(len(r.Clusters), func(i int) string { return r.Clusters[i].GetName() }))
+	assignments := unique("cluster load assignment", names(len(r.Endpoints), func(i int) string { return r.Endpoints[i].GetClusterName() }))
+
+	usedRoutes := map[string]bool{}
+	checkRouteConfig := func(where string, rc *routev3.RouteConfiguration) {
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				var targets []string
+				if c := rt.GetRoute().GetCluster(); c != "" {
+					targets = append(targets, c)
+				}
+				for _, wc := range rt.GetRoute().GetWeightedClusters().GetClusters() {
+					targets = append(targets, wc.GetName())
+				}
+				for _, c := range targets {
+					if !clusters[c] {
+						fail("%s: route %q in virtual host %q sends to cluster %q, which is not generated", where, rt.GetName(), vh.GetName(), c)
+					}
+				}
+			}
+		}
+	}
+	checkFilters := func(listener string, filters []*listenerv3.Filter) {
+		for _, f := range filters {
+			tc := f.GetTypedConfig()
+			switch {
+			case tc.MessageIs(&hcmv3.HttpConnectionManager{}):
+				m := &hcmv3.HttpConnectionManager{}
+				if err := tc.UnmarshalTo(m); err != nil {
+					fail("listener %q: cannot read its HTTP connection manager: %w", listener, err)
+					continue
+				}
+				checkHCM(listener, m, routes, usedRoutes, fail, checkRouteConfig)
+			case tc.MessageIs(&tcpproxyv3.TcpProxy{}):
+				m := &tcpproxyv3.TcpProxy{}
+				if err := tc.UnmarshalTo(m); err != nil {
+					fail("listener %q: cannot read its TCP proxy: %w", listener, err)
+					continue
+				}
+				if c := m.GetCluster(); c != "" && !clusters[c] {
+					fail("listener %q: TCP proxy sends to cluster %q, which is not generated", listener, c)
+				}
+			}
+		}
+	}
+	for _, l := range r.Listeners {
+		if api := l.GetApiListener().GetApiListener(); api != nil {
+			m := &hcmv3.HttpConnectionManager{}
+			if err := api.UnmarshalTo(m); err != nil {
+				fail("listener %q: its API listener is not an HTTP connection manager: %w", l.GetName(), err)
+			} else {
+				checkHCM(l.GetName(), m, routes, usedRoutes, fail, checkRouteConfig)
+			}
+		}
+		for _, fc := range l.GetFilterChains() {
+			checkFilters(l.GetName(), fc.GetFilters())
+		}
+		if dfc := l.GetDefaultFilterChain(); dfc != nil {
+			checkFilters(l.GetName(), dfc.GetFilters())
+		}
+	}
+	for _, rc := range r.Routes {
+		if !usedRoutes[rc.GetName()] {
+			fail("route configuration %q is not used by any listener", rc.GetName())
+		}
+		checkRouteConfig(fmt.Sprintf("route configuration %q", rc.GetName()), rc)
+	}
+	usedAssignments := map[string]bool{}
+	for _, c := range r.Clusters {
+		if c.GetType() != clusterv3.Cluster_EDS {
+			continue
+		}
+		name := cmp.Or(c.GetEdsClusterConfig().GetServiceName(), c.GetName())
+		usedAssignments[name] = true
+		if !assignments[name] {
+			fail("EDS cluster %q has no cluster load assignment %q", c.GetName(), name)
+		}
+	}
+	for _, e := range r.Endpoints {
+		if !usedAssignments[e.GetClusterName()] {
+			fail("cluster load assignment %q is not read by any EDS cluster", e.GetClusterName())
+		}
+	}
+	return result.ErrorOrNil()
+}
+
+// checkHCM checks one connection manager's route: an RDS name must be
+// generated, an inline route configuration must name generated clusters.
+func checkHCM(listener string, m *hcmv3.HttpConnectionManager, routes, used map[string]bool,
+	fail func(string, ...any), checkRouteConfig func(string, *routev3.RouteConfiguration)) {
+	if rds := m.GetRds(); rds != nil {
+		name := rds.GetRouteConfigName()
+		used[name] = true
+		if !routes[name] {
+			fail("listener %q uses route configuration %q, which is not generated", listener, name)
+		}
+		return
+	}
+	if rc := m.GetRouteConfig(); rc != nil {
+		checkRouteConfig(fmt.Sprintf("listener %q", listener), rc)
+	}
 }
 
 type validator interface{ ValidateAll() error }

@@ -73,7 +73,7 @@ func TestTranslateNeverPanics(t *testing.T) {
 	}{
 		{"nil snapshot", nil, Proxy{Flavor: FlavorEnvoy, Namespace: "default"}, ""},
 		{"unknown flavour", &model.Snapshot{}, Proxy{Flavor: "nginx"}, `proxy flavour "nginx"`},
-		{"proxyless", &model.Snapshot{}, Proxy{Flavor: FlavorProxyless}, "not implemented yet"},
+		{"proxyless nil snapshot", nil, Proxy{Flavor: FlavorProxyless, Namespace: "default"}, ""},
 		{"service with odd ports", &model.Snapshot{Services: []model.Service{{
 			Namespace: "default", Name: "odd", ClusterIP: "None", Selector: map[string]string{"app": "x"},
 			Ports: []model.ServicePort{
@@ -82,6 +82,20 @@ func TestTranslateNeverPanics(t *testing.T) {
 				{Name: "tcp", Port: 15001},
 			},
 		}}}, Proxy{Flavor: FlavorEnvoy, Namespace: "default", Labels: map[string]string{"app": "x"}}, ""},
+		{"proxyless with odd ports and no IP", &model.Snapshot{Services: []model.Service{{
+			Namespace: "default", Name: "odd", ClusterIP: "None", Selector: map[string]string{"app": "x"},
+			Ports: []model.ServicePort{
+				{Name: "http", Port: 80, TargetPortName: "missing"},
+				{Name: "grpc", Port: 70000},
+				{Name: "dns", Port: 53, Protocol: "UDP"},
+			},
+		}}, Endpoints: []model.ServiceEndpoints{{Namespace: "default", Service: "odd", Port: 80, Endpoints: []model.Endpoint{
+			{IP: "not-an-ip", Port: 8080, Ready: true},
+			{IP: "10.0.0.1", Port: 0, Ready: true},
+			{IP: "10.0.0.2", Port: 8080, Ready: true},
+			{IP: "10.0.0.2", Port: 8080, Ready: true},
+		}}}}, Proxy{Flavor: FlavorProxyless, Namespace: "default", Labels: map[string]string{"app": "x"},
+			Ports: []model.ContainerPort{{Port: 9090}, {Port: 53, Protocol: "UDP"}}}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -93,7 +107,7 @@ func TestTranslateNeverPanics(t *testing.T) {
 				if err := res.Validate(); err != nil {
 					t.Fatalf("invalid resources: %v", err)
 				}
-				if err := consistent(res); err != nil {
+				if err := checkConsistency(res, c.p.Flavor); err != nil {
 					t.Fatalf("inconsistent resources: %v", err)
 				}
 				return
