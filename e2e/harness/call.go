@@ -1,0 +1,98 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Result is the demo client's JSON line (see examples/apps/demo).
+type Result struct {
+	OK               bool           `json:"ok"`
+	Code             string         `json:"code"`
+	Message          string         `json:"message"`
+	Target           string         `json:"target"`
+	Method           string         `json:"method"`
+	PeerSeenByServer string         `json:"peer_seen_by_server"`
+	ServerSPIFFEID   string         `json:"server_spiffe_id"`
+	ServerCertSerial string         `json:"server_cert_serial"`
+	Answer           map[string]any `json:"answer"`
+}
+
+// Leg is one upstream call the gateway made, as its answer reports it.
+func (r Result) Leg(name string) Result {
+	var leg Result
+	m, _ := r.Answer[name].(map[string]any)
+	b, _ := json.Marshal(m)
+	_ = json.Unmarshal(b, &leg)
+	return leg
+}
+
+// Call is one call from a caller to a target.
+type Call struct {
+	// From is Tester (in-mesh, under `meshctl agent`) or Outside
+	// (plaintext, no agent).
+	From Workload
+	// Target is xds:///host:port for in-mesh callers, IP:port otherwise.
+	Target string
+	Method string
+	// RelayTarget and RelayMethod make the call demo.v1.Gateway/Call: the
+	// gateway calls them with its own identity.
+	RelayTarget, RelayMethod string
+	Timeout                  time.Duration
+}
+
+// Call makes c once. An in-mesh caller runs under a fresh `meshctl agent`
+// (its own certificate, its own connection), so every call shows the
+// current configuration and certificates. err is set only when the client
+// could not run or printed no result; a refused call is a Result.
+func (m *Mesh) Call(ctx context.Context, c Call) (Result, error) {
+	if c.Timeout == 0 {
+		c.Timeout = 3 * time.Second
+	}
+	client := []string{m.opts.Bins.App, "--role", "client", "--ip", c.From.IP,
+		"--target", c.Target, "--method", c.Method, "--timeout", c.Timeout.String(), "--log-level", "error"}
+	if c.RelayTarget != "" {
+		client = append(client, "--relay-target", c.RelayTarget, "--relay-method", c.RelayMethod)
+	}
+	var cmd *exec.Cmd
+	if c.From.NoProxy {
+		cmd = exec.CommandContext(ctx, client[0], append(client[1:], "--plaintext")...)
+	} else {
+		certDir, err := os.MkdirTemp(m.opts.WorkDir, "certs-"+c.From.Pod+"-")
+		if err != nil {
+			return Result{}, err
+		}
+		defer func() { _ = os.RemoveAll(certDir) }()
+		args := append(m.agentArgs(c.From, certDir), client...)
+		cmd = exec.CommandContext(ctx, m.opts.Bins.Meshctl, args...)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	_ = cmd.Run() // exit 1 is a refused call; the JSON line says why
+	line := lastLine(stdout.String())
+	if line == "" {
+		return Result{}, fmt.Errorf("the client printed no result (%s): %s", cmd.ProcessState, strings.TrimSpace(stderr.String()))
+	}
+	var r Result
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		return Result{}, fmt.Errorf("the client printed %q, not a JSON result: %w", line, err)
+	}
+	return r, nil
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); strings.HasPrefix(l, "{") {
+			return l
+		}
+	}
+	return ""
+}

@@ -1,0 +1,81 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// bootstrap mirrors the parts of gRPC's xDS bootstrap file the agent
+// writes (gRFC A27, A29 for certificate providers, A36 for the server
+// listener template).
+type bootstrap struct {
+	XDSServers                         []xdsServer                    `json:"xds_servers"`
+	Node                               json.RawMessage                `json:"node"`
+	CertificateProviders               map[string]certificateProvider `json:"certificate_providers"`
+	ServerListenerResourceNameTemplate string                         `json:"server_listener_resource_name_template"`
+}
+
+type xdsServer struct {
+	ServerURI      string         `json:"server_uri"`
+	ChannelCreds   []channelCreds `json:"channel_creds"`
+	ServerFeatures []string       `json:"server_features"`
+}
+
+type channelCreds struct {
+	Type string `json:"type"`
+}
+
+type certificateProvider struct {
+	PluginName string            `json:"plugin_name"`
+	Config     fileWatcherConfig `json:"config"`
+}
+
+type fileWatcherConfig struct {
+	CertificateFile   string `json:"certificate_file"`
+	PrivateKeyFile    string `json:"private_key_file"`
+	CACertificateFile string `json:"ca_certificate_file"`
+	RefreshInterval   string `json:"refresh_interval"`
+}
+
+// buildBootstrap renders the bootstrap. The xDS server is the agent's own
+// endpoint; the channel to it is local, so insecure channel credentials
+// carry nothing secret (the agent holds the token, not the workload).
+func (a *Agent) buildBootstrap() ([]byte, error) {
+	// The node is rendered with protojson so that its field names are the
+	// ones gRPC's parser expects (user_agent_name, locality.sub_zone).
+	node, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(a.node)
+	if err != nil {
+		return nil, fmt.Errorf("rendering the bootstrap node: %w", err)
+	}
+	dir := a.opts.CertDir
+	b := bootstrap{
+		XDSServers: []xdsServer{{
+			ServerURI:      a.proxyURI,
+			ChannelCreds:   []channelCreds{{Type: "insecure"}},
+			ServerFeatures: []string{"xds_v3"},
+		}},
+		Node: node,
+		CertificateProviders: map[string]certificateProvider{
+			CertificateProvider: {
+				PluginName: "file_watcher",
+				Config: fileWatcherConfig{
+					CertificateFile:   filepath.Join(dir, CertChainFile),
+					PrivateKeyFile:    filepath.Join(dir, KeyFile),
+					CACertificateFile: filepath.Join(dir, RootCertFile),
+					// A protobuf Duration in JSON: seconds with an "s".
+					RefreshInterval: strconv.FormatFloat(a.opts.RefreshInterval.Seconds(), 'f', -1, 64) + "s",
+				},
+			},
+		},
+		ServerListenerResourceNameTemplate: ServerListenerTemplate,
+	}
+	out, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("rendering the bootstrap: %w", err)
+	}
+	return append(out, '\n'), nil
+}
