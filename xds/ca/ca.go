@@ -49,8 +49,8 @@ const (
 	// behind does not reject a certificate that was just issued.
 	clockSkew = 5 * time.Minute
 	// minWorkloadTTL keeps renewals (at half the lifetime) from turning into
-	// a busy loop.
-	minWorkloadTTL = 2 * time.Minute
+	// a busy loop; 10s still allows rotation demos with --workload-cert-ttl 30s.
+	minWorkloadTTL = 10 * time.Second
 )
 
 // Options configure a CA. Set either Dir (self-signed root) or all of

@@ -264,7 +264,9 @@ func TestWorkloadValidity(t *testing.T) {
 			if !leaf.NotBefore.Equal(tt.wantNotBefore) || !leaf.NotAfter.Equal(tt.wantNotAfter) {
 				t.Errorf("validity %s..%s, want %s..%s", leaf.NotBefore, leaf.NotAfter, tt.wantNotBefore, tt.wantNotAfter)
 			}
-			if want := tt.wantNotBefore.Add(tt.wantNotAfter.Sub(tt.wantNotBefore) / 2); !cert.RenewAt().Equal(want) {
+			// Renewal is half way from the moment of issue, not from the
+			// backdated NotBefore: a 30s certificate must not be due at once.
+			if want := tt.at.Add(tt.wantNotAfter.Sub(tt.at) / 2); !cert.RenewAt().Equal(want) {
 				t.Errorf("RenewAt = %s, want %s", cert.RenewAt(), want)
 			}
 		})
@@ -735,5 +737,24 @@ func TestPluginKeyFormats(t *testing.T) {
 			}
 			verifyLeaf(t, cert.ChainPEM, c.RootPEM(), now())
 		})
+	}
+}
+
+func TestShortLifetimeIsNotDueAtOnce(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	pki := newTestPKI(t, t0, t0.Add(48*time.Hour))
+	now, _ := fakeClock(t0.Add(time.Hour))
+	opts := pki.options()
+	opts.WorkloadTTL, opts.Now = 30*time.Second, now
+	c, err := New(opts, testLogger(new(bytes.Buffer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := c.Issue("default", "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cert.RenewAt(), t0.Add(time.Hour+15*time.Second); !got.Equal(want) {
+		t.Errorf("RenewAt = %s, want %s (15s after issue)", got, want)
 	}
 }

@@ -52,13 +52,21 @@ type Certificate struct {
 	Serial    string
 	NotBefore time.Time
 	NotAfter  time.Time
+	// IssuedAt is when the CA signed it. NotBefore is backdated for clock
+	// skew, so renewal is timed from IssuedAt instead: with a short lifetime
+	// the backdating would otherwise make a fresh certificate due at once.
+	IssuedAt time.Time
 }
 
 // RenewAt is when the certificate should be replaced: half way through its
 // lifetime, which leaves the other half to retry if the CA or a proxy is
 // briefly unavailable.
 func (c Certificate) RenewAt() time.Time {
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+	start := c.IssuedAt
+	if start.IsZero() || start.Before(c.NotBefore) {
+		start = c.NotBefore
+	}
+	return start.Add(c.NotAfter.Sub(start) / 2)
 }
 
 // String summarises the certificate without its key.

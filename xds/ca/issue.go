@@ -110,6 +110,7 @@ func (c *CA) sign(pub crypto.PublicKey, ns, sa string) (*Certificate, error) {
 		Serial:    serial.Text(16),
 		NotBefore: notBefore.Truncate(time.Second),
 		NotAfter:  notAfter.Truncate(time.Second),
+		IssuedAt:  now,
 	}, nil
 }
 
