@@ -35,6 +35,7 @@ func init() {
 	// Assigned in init because validate's help refers back to the table.
 	commands = []command{
 		{name: "validate", summary: "check manifests offline and print every problem", run: runValidate},
+		{name: "agent", summary: "run a proxyless gRPC workload with certificates and bootstrap from meshd", run: runAgent},
 	}
 }
 

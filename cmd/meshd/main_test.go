@@ -73,7 +73,8 @@ func TestServeLoadsAndWatches(t *testing.T) {
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "--config-dir", dir, "--log-format", "json", "--log-level", "debug"}, &stdout, &stderr)
+		done <- run(ctx, []string{"serve", "--config-dir", dir, "--log-format", "json", "--log-level", "debug",
+			"--xds-auth", "none", "--ca-dir", t.TempDir(), "--xds-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 
 	waitLog(t, &stderr, "the first load", func(l map[string]any) bool {
@@ -138,6 +139,11 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"serve", "--config-dir", dir, "--root-namespace", "Istio_System"}, wantCode: 2, wantErr: "is not a namespace name"},
 		{args: []string{"serve", "--config-dir", dir, "--trust-domain", "a/b"}, wantCode: 2, wantErr: "is not a valid trust domain"},
 		{args: []string{"serve", "--config-dir", dir, "--cluster-domain", ""}, wantCode: 2, wantErr: "is not a DNS name"},
+		{args: []string{"serve", "--config-dir", dir}, wantCode: 2, wantErr: "--xds-auth=static needs --xds-token-file"},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "trust-me"}, wantCode: 2, wantErr: `--xds-auth "trust-me" is not one of static, none`},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--xds-addr", "15010"}, wantCode: 2, wantErr: `--xds-addr "15010" is not host:port`},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--ca-cert", "x.pem"}, wantCode: 2, wantErr: "needs all of --ca-cert, --ca-key and --ca-chain"},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--debounce-after", "2s"}, wantCode: 2, wantErr: "--debounce-after (2s) must be positive and at most --debounce-max (1s)"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

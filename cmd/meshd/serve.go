@@ -7,8 +7,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -16,6 +23,10 @@ import (
 	"github.com/minimesh/minimesh/discovery/file"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
+	"github.com/minimesh/minimesh/translate"
+	"github.com/minimesh/minimesh/xds"
+	"github.com/minimesh/minimesh/xds/auth"
+	"github.com/minimesh/minimesh/xds/ca"
 )
 
 // serveConfig is everything `meshd serve` was told on its command line,
@@ -28,6 +39,20 @@ type serveConfig struct {
 	ClusterDomain string
 	LogLevel      slog.Level
 	LogFormat     string
+
+	XDSAddr        string
+	MonitoringAddr string
+	DebounceAfter  time.Duration
+	DebounceMax    time.Duration
+
+	CADir       string
+	CACert      string
+	CAKey       string
+	CAChain     string
+	WorkloadTTL time.Duration
+
+	XDSAuth      string
+	XDSTokenFile string
 }
 
 // parseServeFlags parses and checks the flags of `meshd serve`. It returns
@@ -43,6 +68,17 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of services (name.namespace.svc.DOMAIN)")
 	fs.StringVar(&level, "log-level", "info", "least severe log level shown: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "address of the ADS (xDS) gRPC server")
+	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", "127.0.0.1:15014", "address of /metrics, /healthz, /readyz and /debug/*")
+	fs.DurationVar(&cfg.DebounceAfter, "debounce-after", 100*time.Millisecond, "quiet period after a change before pushing")
+	fs.DurationVar(&cfg.DebounceMax, "debounce-max", time.Second, "longest a burst of changes can delay a push")
+	fs.StringVar(&cfg.CADir, "ca-dir", defaultCADir(), "directory holding the self-signed root (created on first start, reused after)")
+	fs.StringVar(&cfg.CACert, "ca-cert", "", "plug-in CA: signing (intermediate) certificate PEM; needs --ca-key and --ca-chain")
+	fs.StringVar(&cfg.CAKey, "ca-key", "", "plug-in CA: private key PEM of --ca-cert")
+	fs.StringVar(&cfg.CAChain, "ca-chain", "", "plug-in CA: chain PEM from --ca-cert up to and including the organisation root")
+	fs.DurationVar(&cfg.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half)")
+	fs.StringVar(&cfg.XDSAuth, "xds-auth", "static", "how xDS callers authenticate: static (bearer tokens from --xds-token-file) or none (local use only)")
+	fs.StringVar(&cfg.XDSTokenFile, "xds-token-file", "", "with --xds-auth=static: file of 'token,namespace,serviceaccount' lines")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshd serve --config-dir DIR [flags]\n\n"+
 			"Loads the mesh described in DIR (Namespaces, Services, Pods, EndpointSlices and\n"+
@@ -86,6 +122,30 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		return cfg, usagef("--log-format %q is not one of text, json", cfg.LogFormat)
 	}
+	for _, a := range []struct{ flag, addr string }{{"--xds-addr", cfg.XDSAddr}, {"--monitoring-addr", cfg.MonitoringAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return cfg, usagef("%s %q is not host:port: %v", a.flag, a.addr, err)
+		}
+	}
+	if cfg.DebounceAfter <= 0 || cfg.DebounceMax < cfg.DebounceAfter {
+		return cfg, usagef("--debounce-after (%s) must be positive and at most --debounce-max (%s)", cfg.DebounceAfter, cfg.DebounceMax)
+	}
+	plugin := cfg.CACert != "" || cfg.CAKey != "" || cfg.CAChain != ""
+	if plugin && (cfg.CACert == "" || cfg.CAKey == "" || cfg.CAChain == "") {
+		return cfg, usagef("a plug-in CA needs all of --ca-cert, --ca-key and --ca-chain")
+	}
+	if !plugin && cfg.CADir == "" {
+		return cfg, usagef("--ca-dir is empty: name a directory for the CA root, or use --ca-cert/--ca-key/--ca-chain")
+	}
+	switch cfg.XDSAuth {
+	case "none":
+	case "static":
+		if cfg.XDSTokenFile == "" {
+			return cfg, usagef("--xds-auth=static needs --xds-token-file FILE (lines 'token,namespace,serviceaccount'); for local use only, pass --xds-auth=none")
+		}
+	default:
+		return cfg, usagef("--xds-auth %q is not one of static, none", cfg.XDSAuth)
+	}
 	return cfg, nil
 }
 
@@ -111,25 +171,110 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		"trustDomain", cfg.TrustDomain, "clusterDomain", cfg.ClusterDomain)
 
 	var src discovery.Source = file.New(cfg.ConfigDir, file.Options{}, log.With("source", "file"))
-	p := &pipeline{log: log}
 
-	// Issue 4 starts the xDS server, CA and debug API here, before the
-	// source runs, and has pipeline.publish hand every snapshot to it.
+	authority, err := ca.New(ca.Options{
+		Dir: cfg.CADir, CertFile: cfg.CACert, KeyFile: cfg.CAKey, ChainFile: cfg.CAChain,
+		TrustDomain: cfg.TrustDomain, WorkloadTTL: cfg.WorkloadTTL,
+	}, log.With("component", "ca"))
+	if err != nil {
+		return fmt.Errorf("starting the CA: %w", err)
+	}
+	var authn auth.Authenticator = auth.None{}
+	if cfg.XDSAuth == "static" {
+		tokens, err := auth.LoadStaticTokens(cfg.XDSTokenFile)
+		if err != nil {
+			return fmt.Errorf("loading --xds-token-file: %w", err)
+		}
+		authn = tokens
+	}
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := xds.New(xds.Options{
+		Addr:          cfg.XDSAddr,
+		DebounceAfter: cfg.DebounceAfter,
+		DebounceMax:   cfg.DebounceMax,
+		Translate: translate.Options{
+			TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.ClusterDomain, RootNamespace: cfg.RootNamespace,
+		},
+		CA:            authority,
+		Authenticator: authn,
+		Registry:      registry,
+		Log:           log.With("component", "xds"),
+	})
+	if err != nil {
+		return fmt.Errorf("starting the xDS server: %w", err)
+	}
+	// Listen before anything runs, so a port in use is a clear start-up
+	// error rather than a log line after the mesh loaded.
+	xdsLis, err := net.Listen("tcp", cfg.XDSAddr)
+	if err != nil {
+		return fmt.Errorf("--xds-addr %s: %w", cfg.XDSAddr, err)
+	}
+	monLis, err := net.Listen("tcp", cfg.MonitoringAddr)
+	if err != nil {
+		xdsLis.Close()
+		return fmt.Errorf("--monitoring-addr %s: %w", cfg.MonitoringAddr, err)
+	}
+	log.Info("monitoring", "addr", monLis.Addr().String(), "metrics", "/metrics", "debug", "/debug/syncz")
 
-	if err := src.Run(ctx, p.publish); err != nil {
-		return fmt.Errorf("loading the mesh: %w", err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	mon := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errs := make(chan error, 3)
+	go func() {
+		if err := mon.Serve(monLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("serving monitoring on %s: %w", cfg.MonitoringAddr, err)
+			return
+		}
+		errs <- nil
+	}()
+	go func() { errs <- srv.Serve(ctx, xdsLis) }()
+	p := &pipeline{log: log, xds: srv}
+	go func() {
+		if err := src.Run(ctx, p.publish); err != nil {
+			errs <- fmt.Errorf("loading the mesh: %w", err)
+			return
+		}
+		errs <- nil
+	}()
+
+	// The first error (or ctx) stops everything; then wait for the rest.
+	var first error
+	for range 3 {
+		err := <-errs
+		if first == nil && err != nil {
+			first = err
+			log.Error("stopping", "err", err)
+		}
+		cancel()
+		shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = mon.Shutdown(shutdownCtx)
+		done()
 	}
 	log.Info("meshd stopped")
-	return nil
+	return first
 }
 
-// pipeline receives every snapshot the source publishes.
+// defaultCADir is where the root lives when --ca-dir is not given: stable
+// across restarts, so workload identities survive them.
+func defaultCADir() string {
+	if dir, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(dir, "minimesh", "ca")
+	}
+	return ""
+}
+
+// pipeline receives every snapshot the source publishes and hands it on.
 type pipeline struct {
 	log *slog.Logger
+	xds *xds.Server
 }
 
 func (p *pipeline) publish(s *model.Snapshot) {
 	logSnapshot(p.log, s)
+	if p.xds != nil {
+		p.xds.Update(s)
+	}
 }
 
 // logSnapshot logs what a snapshot holds and every problem in it: errors
