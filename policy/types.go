@@ -101,7 +101,7 @@ const (
 
 // PeerAuthentication decides what a server-side proxy accepts.
 type PeerAuthentication struct {
-	Meta `json:"-"`
+	Meta `json:"metadata"`
 	Spec PeerAuthenticationSpec `json:"spec"`
 }
 
@@ -137,7 +137,7 @@ const (
 
 // DestinationRule decides what a client sends to a host.
 type DestinationRule struct {
-	Meta `json:"-"`
+	Meta `json:"metadata"`
 	Spec DestinationRuleSpec `json:"spec"`
 }
 
@@ -213,7 +213,7 @@ const (
 
 // AuthorizationPolicy is Istio's access control for workloads.
 type AuthorizationPolicy struct {
-	Meta `json:"-"`
+	Meta `json:"metadata"`
 	Spec AuthorizationPolicySpec `json:"spec"`
 }
 
@@ -303,7 +303,7 @@ type Condition struct {
 
 // RequestAuthentication declares which JWTs a workload accepts.
 type RequestAuthentication struct {
-	Meta `json:"-"`
+	Meta `json:"metadata"`
 	Spec RequestAuthenticationSpec `json:"spec"`
 }
 
