@@ -6,6 +6,7 @@ package kubernetes_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -282,6 +283,22 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 		})
 	})
 
+	t.Run("a burst of changes is coalesced", func(t *testing.T) {
+		const n = 20
+		before := len(pub.all())
+		for i := range n {
+			must(admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("burst-%d", i)},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "example.invalid/app"}}},
+			}, metav1.CreateOptions{}))(t)
+		}
+		pub.waitSnapshot(t, "all burst pods", func(s *model.Snapshot) bool { return s.Workload(ns, fmt.Sprintf("burst-%d", n-1)) != nil })
+		// Without coalescing each pod would be its own publish.
+		if got := len(pub.all()) - before; got >= n/2 {
+			t.Errorf("%d pods created back to back gave %d publishes, want far fewer", n, got)
+		}
+	})
+
 	t.Run("a terminating endpoint keeps its conditions", func(t *testing.T) {
 		sl.Endpoints[1].Conditions = discoveryv1.EndpointConditions{Ready: ptr(false), Serving: ptr(true), Terminating: ptr(true)}
 		sl = must(admin.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}))(t)
@@ -410,6 +427,15 @@ spec:
 	}
 }
 
+// applyPolicy applies a security.istio.io/v1 object in namespace default.
+func applyPolicy(t *testing.T, env *kubeenv.Env, kind, name, spec string) {
+	t.Helper()
+	doc := fmt.Sprintf(`{"apiVersion": "security.istio.io/v1", "kind": %q, "metadata": {"name": %q, "namespace": "default"}, "spec": %s}`, kind, name, spec)
+	if err := env.Apply(ctxT(t), []byte(doc), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatalf("apply %s %s: %v", kind, name, err)
+	}
+}
+
 func policyNames(aps []*policy.AuthorizationPolicy) []string {
 	var out []string
 	for _, ap := range aps {
@@ -441,6 +467,10 @@ func waitEvent(t *testing.T, c clientset.Interface, ns, name string) corev1.Even
 // just before the outage and after it arrive, and nothing is lost.
 func TestAPIServerRestart(t *testing.T) {
 	env := kubeenv.Start(t)
+	ctx := ctxT(t)
+	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatalf("apply the CRDs: %v", err)
+	}
 	admin := env.Client()
 	service(t, admin, "default", "stable")
 	pub := startSource(t, env.RESTConfig(), nil)
@@ -449,6 +479,7 @@ func TestAPIServerRestart(t *testing.T) {
 	// A change made just before the outage may or may not reach the
 	// source before the API server goes; either way it must arrive.
 	service(t, admin, "default", "before")
+	applyPolicy(t, env, "PeerAuthentication", "before", `{"mtls": {"mode": "STRICT"}}`)
 	env.StopAPIServer()
 	env.StopEtcd()
 	// Let a publish of "before" that was already under way finish.
@@ -465,8 +496,10 @@ func TestAPIServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	service(t, admin, "default", "after")
-	pub.waitSnapshot(t, "before and after", func(s *model.Snapshot) bool {
-		return s.Service("default", "before") != nil && s.Service("default", "after") != nil
+	applyPolicy(t, env, "AuthorizationPolicy", "after", `{"action": "DENY", "rules": [{}]}`)
+	pub.waitSnapshot(t, "the services and policies made before and after", func(s *model.Snapshot) bool {
+		return s.Service("default", "before") != nil && s.Service("default", "after") != nil &&
+			len(s.Policies.PeerAuthentications) == 1 && len(s.Policies.AuthorizationPolicies) == 1
 	})
 	for i, s := range pub.all() {
 		if s.Service("default", "stable") == nil {
