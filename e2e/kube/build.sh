@@ -53,6 +53,10 @@ build() {
 
 build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
-build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+# The tests write EndpointSlices and pod status themselves, so the
+# controller-manager (five more minutes cold) is built only on request.
+if [[ "${KUBE_CONTROLLER_MANAGER:-0}" == "1" ]]; then
+	build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+fi
 
 echo "build.sh: binaries are in ${out}"
