@@ -1,0 +1,229 @@
+package xds
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeClock is a clock that moves only when the test says so. Every After
+// call is announced on registered, so a test knows when the debouncer has
+// armed a timer without sleeping.
+type fakeClock struct {
+	mu         sync.Mutex
+	now        time.Time
+	timers     []fakeTimer
+	registered chan time.Time // deadline of each new timer
+}
+
+type fakeTimer struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock(start time.Time) *fakeClock {
+	return &fakeClock{now: start, registered: make(chan time.Time, 16)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	ch := make(chan time.Time, 1)
+	at := c.now.Add(d)
+	c.timers = append(c.timers, fakeTimer{at: at, ch: ch})
+	c.mu.Unlock()
+	c.registered <- at
+	return ch
+}
+
+// next returns the earliest pending deadline.
+func (c *fakeClock) next() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var best time.Time
+	for i, t := range c.timers {
+		if i == 0 || t.at.Before(best) {
+			best = t.at
+		}
+	}
+	return best, len(c.timers) > 0
+}
+
+// advanceTo moves the clock and fires due timers; it reports how many fired.
+func (c *fakeClock) advanceTo(t time.Time) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t
+	}
+	fired := 0
+	kept := c.timers[:0]
+	for _, tm := range c.timers {
+		if !tm.at.After(c.now) {
+			tm.ch <- c.now
+			fired++
+			continue
+		}
+		kept = append(kept, tm)
+	}
+	c.timers = kept
+	return fired
+}
+
+type pushAt struct {
+	At    time.Duration // since the start of the test
+	Count int
+	First time.Duration // trigger time of the burst's first event
+}
+
+// runDebounce feeds events at the given offsets (ms) through debounce and
+// returns the pushes it made, all on a fake clock.
+func runDebounce(t *testing.T, offsetsMS []int, after, max time.Duration) []pushAt {
+	t.Helper()
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clk := newFakeClock(start)
+	ch := make(chan event) // unbuffered: a send returns once debounce has the event
+	stop := make(chan struct{})
+	pushed := make(chan event, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		debounce(ch, stop, after, max, clk, func(e event) { pushed <- e })
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+
+	const bound = 5 * time.Second // only reached if debounce is broken
+	waitRegistered := func() {
+		t.Helper()
+		select {
+		case <-clk.registered:
+		case <-time.After(bound):
+			t.Fatal("debounce did not arm a timer")
+		}
+	}
+
+	var got []pushAt
+	i := 0
+	for {
+		nextEvent, haveEvent := time.Time{}, i < len(offsetsMS)
+		if haveEvent {
+			nextEvent = start.Add(time.Duration(offsetsMS[i]) * time.Millisecond)
+		}
+		deadline, haveTimer := clk.next()
+		switch {
+		case haveTimer && (!haveEvent || !nextEvent.Before(deadline)):
+			// A timer is due first (or at the same time as the event).
+			if clk.advanceTo(deadline) != 1 {
+				t.Fatalf("expected exactly one timer at %v", deadline.Sub(start))
+			}
+			// debounce reacts to a fired timer by pushing or re-arming.
+			select {
+			case e := <-pushed:
+				got = append(got, pushAt{At: deadline.Sub(start), Count: e.count, First: e.first.Sub(start)})
+			case <-clk.registered:
+			case <-time.After(bound):
+				t.Fatal("debounce neither pushed nor re-armed after its timer fired")
+			}
+		case haveEvent:
+			clk.advanceTo(nextEvent)
+			_, armed := clk.next()
+			ch <- event{first: nextEvent, last: nextEvent, count: 1}
+			if !armed {
+				waitRegistered() // the first event of a burst arms the timer
+			}
+			i++
+		default:
+			return got
+		}
+	}
+}
+
+func TestDebounce(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		name       string
+		events     []int // ms
+		after, max time.Duration
+		want       []pushAt
+	}{
+		{
+			name:   "single event pushes after the quiet period",
+			events: []int{0},
+			after:  100 * ms, max: time.Second,
+			want: []pushAt{{At: 100 * ms, Count: 1}},
+		},
+		{
+			name:   "events within the quiet period merge into one push",
+			events: []int{0, 60, 120},
+			after:  100 * ms, max: time.Second,
+			want: []pushAt{{At: 220 * ms, Count: 3}},
+		},
+		{
+			name:   "separate bursts push separately",
+			events: []int{0, 300},
+			after:  100 * ms, max: time.Second,
+			want: []pushAt{{At: 100 * ms, Count: 1}, {At: 400 * ms, Count: 1, First: 300 * ms}},
+		},
+		{
+			name:   "a steady trickle is pushed at the maximum delay",
+			events: []int{0, 50, 100, 150, 200, 250, 300, 350, 400},
+			after:  100 * ms, max: 300 * ms,
+			want: []pushAt{{At: 300 * ms, Count: 6}, {At: 500 * ms, Count: 3, First: 300 * ms}},
+		},
+		{
+			name:   "max is honoured exactly even when it is not a multiple of the quiet period",
+			events: []int{0, 70, 140, 210},
+			after:  100 * ms, max: 250 * ms,
+			want: []pushAt{{At: 250 * ms, Count: 4}},
+		},
+		{
+			name:   "zero quiet period pushes every event",
+			events: []int{0, 10},
+			after:  0, max: 0,
+			want: []pushAt{{At: 0, Count: 1}, {At: 10 * ms, Count: 1, First: 10 * ms}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := runDebounce(t, tt.events, tt.after, tt.max)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("pushes (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestDebounceFlushesPendingBurstWhenInputCloses(t *testing.T) {
+	clk := newFakeClock(time.Unix(0, 0))
+	ch := make(chan event, 2)
+	at := clk.Now()
+	ch <- event{first: at, last: at, count: 1}
+	ch <- event{first: at, last: at, count: 1}
+	close(ch)
+	var got []event
+	debounce(ch, nil, time.Hour, time.Hour, clk, func(e event) { got = append(got, e) })
+	if len(got) != 1 || got[0].count != 2 {
+		t.Fatalf("pushes = %+v, want one push of 2 merged events", got)
+	}
+}
+
+func TestDebounceStops(t *testing.T) {
+	stop := make(chan struct{})
+	close(stop)
+	pushed := false
+	// With stop closed and nothing pending, debounce must return at once.
+	debounce(make(chan event), stop, time.Hour, time.Hour, newFakeClock(time.Unix(0, 0)), func(event) { pushed = true })
+	if pushed {
+		t.Fatal("debounce pushed without any event")
+	}
+}

@@ -1,0 +1,303 @@
+// Package xds serves minimesh's configuration to proxies over ADS, both
+// state-of-the-world and delta, using go-control-plane's server and snapshot
+// cache; minimesh writes no xDS protocol code of its own.
+//
+// Data flows one way. The discovery source calls Update with every new model
+// snapshot; a debouncer merges bursts; each push translates the model once
+// per proxy group (replicas of one workload share a translation), checks the
+// result, and publishes it. A group whose new resources fail a check keeps
+// serving its last good snapshot. Secrets are per proxy: each proxy gets its
+// own certificate from the CA over SDS on the same stream, renewed at half
+// its lifetime.
+//
+// Two snapshot caches sit behind one MuxCache: one for listeners, routes,
+// clusters and endpoints, one for secrets. Both are keyed by node ID, not by
+// group: a proxy's entry in the config cache points at its group's shared,
+// immutable snapshot, so memory and translation are still per group. Keying
+// by node keeps a proxy's open watches in one place whatever happens to its
+// group: a proxy whose pod is not known yet simply has no snapshot (its
+// watches stay open, SOTW and delta alike), and a pod whose labels change
+// moves to another group without any watch being stranded under the old
+// group's key. Setting the same snapshot again is free: go-control-plane
+// answers only watches whose version differs.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/translate"
+	"github.com/minimesh/minimesh/xds/auth"
+	"github.com/minimesh/minimesh/xds/ca"
+)
+
+// Defaults, as meshd's flags document them.
+const (
+	DefaultAddr          = "127.0.0.1:15010"
+	DefaultDebounceAfter = 100 * time.Millisecond
+	DefaultDebounceMax   = time.Second
+)
+
+// Options configure a Server. Zero values take the defaults above.
+type Options struct {
+	// Addr is where Run listens for ADS (gRPC).
+	Addr string
+	// DebounceAfter is the quiet period before a push; DebounceMax caps how
+	// long a burst of changes can postpone it.
+	DebounceAfter, DebounceMax time.Duration
+	// Translate are the mesh-wide translation settings.
+	Translate translate.Options
+	// CA issues workload certificates. Without one, no secrets are served
+	// and SDS requests stay unanswered.
+	CA *ca.CA
+	// Authenticator checks the bearer token of each stream; nil means
+	// auth.None (any caller, identity taken from the node ID and the pod).
+	Authenticator auth.Authenticator
+	// Registry receives the metrics; nil means a private registry. Handler
+	// serves /metrics from it when it is also a prometheus.Gatherer.
+	Registry prometheus.Registerer
+	// Log is the logger (default slog.Default()).
+	Log *slog.Logger
+	// Now is the clock for certificate renewal decisions and the
+	// timestamps the debug API shows (default time.Now). Debounce and
+	// latency metrics always use the monotonic wall clock.
+	Now func() time.Time
+}
+
+// Server is minimesh's ADS server. Create it with New, feed it with Update,
+// serve it with Run (or Serve), and mount Handler for metrics and debug.
+type Server struct {
+	opts     Options
+	log      *slog.Logger
+	now      func() time.Time
+	m        *metrics
+	gatherer prometheus.Gatherer
+	// translate is translate.Translate; tests replace it to produce
+	// resources translation itself never would (invalid, inconsistent).
+	translate func(*model.Snapshot, translate.Proxy, translate.Options) *translate.Resources
+	resources *resourceTable // validated, shared resource contents
+
+	config  cachev3.SnapshotCache // LDS, RDS, CDS, EDS by node ID
+	secrets cachev3.SnapshotCache // SDS by node ID
+	cache   cachev3.Cache         // what the xDS server watches
+
+	events    chan event
+	renewKick chan struct{}
+	ready     atomic.Bool
+	served    atomic.Bool
+	// pushesDone counts completed pushes, so tests can wait for one.
+	pushesDone atomic.Uint64
+
+	// buildMu serialises every write to the caches (pushes, first
+	// connects, renewals, cleanup), so that what a proxy ends up with is
+	// always the outcome of the latest decision. It is never taken while
+	// holding mu.
+	buildMu sync.Mutex
+
+	// mu guards the fields below. It is never held while calling into the
+	// caches: go-control-plane delivers responses to stream goroutines
+	// that call our callbacks, which take mu.
+	mu      sync.Mutex
+	model   *model.Snapshot
+	groups  map[string]*group
+	streams map[streamKey]*proxy
+	nodes   map[string]*proxy // node ID → its most recent stream
+}
+
+// New checks opts and builds a Server; nothing is served until Run.
+func New(opts Options) (*Server, error) {
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.DebounceAfter == 0 {
+		opts.DebounceAfter = DefaultDebounceAfter
+	}
+	if opts.DebounceMax == 0 {
+		opts.DebounceMax = DefaultDebounceMax
+	}
+	if opts.DebounceAfter < 0 || opts.DebounceMax < 0 {
+		return nil, fmt.Errorf("debounce durations must not be negative (after %s, max %s)", opts.DebounceAfter, opts.DebounceMax)
+	}
+	if opts.DebounceMax < opts.DebounceAfter {
+		return nil, fmt.Errorf("debounce maximum %s is shorter than the quiet period %s; set the maximum at least as long", opts.DebounceMax, opts.DebounceAfter)
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Authenticator == nil {
+		opts.Authenticator = auth.None{}
+	}
+	opts.Translate = opts.Translate.WithDefaults()
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("registering xDS metrics: %w", err)
+	}
+	gatherer, ok := reg.(prometheus.Gatherer)
+	if !ok {
+		gatherer = prometheus.DefaultGatherer
+	}
+	s := &Server{
+		opts:      opts,
+		log:       opts.Log.With("component", "xds"),
+		now:       opts.Now,
+		m:         m,
+		gatherer:  gatherer,
+		translate: translate.Translate,
+		resources: newResourceTable(),
+		events:    make(chan event, 64),
+		renewKick: make(chan struct{}, 1),
+		groups:    map[string]*group{},
+		streams:   map[streamKey]*proxy{},
+		nodes:     map[string]*proxy{},
+	}
+	// ads=false on purpose: in ADS mode the snapshot cache only answers a
+	// request that names every resource of the type, which suits Envoy but
+	// leaves proxyless gRPC (which asks for just the names it uses)
+	// waiting forever. Without it, a named request gets exactly the named
+	// resources.
+	cacheLog := goControlPlaneLogger{s.log}
+	nodeHash := cachev3.IDHash{}
+	s.config = cachev3.NewSnapshotCache(false, nodeHash, cacheLog)
+	s.secrets = cachev3.NewSnapshotCache(false, nodeHash, cacheLog)
+	classify := func(typeURL string) string {
+		if typeURL == resourcev3.SecretType {
+			return typeSDS
+		}
+		return "config"
+	}
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl()) },
+		Caches:        map[string]cachev3.Cache{"config": s.config, typeSDS: s.secrets},
+	}
+	s.cache = &nackGuard{Cache: mux, s: s}
+	if opts.CA != nil {
+		m.rootExpiry.Set(float64(opts.CA.RootExpiry().Unix()))
+	}
+	if _, anonymous := opts.Authenticator.(auth.None); anonymous {
+		s.log.Warn("xDS authentication is off (none): any local process can obtain any workload's certificate; use it only for local development")
+	}
+	return s, nil
+}
+
+// Update hands the server a new model snapshot. It is cheap and never
+// blocks: the snapshot is stored and a debounced push is requested. The
+// server keeps the pointer; callers must not modify the snapshot afterwards.
+func (s *Server) Update(snap *model.Snapshot) {
+	now := time.Now()
+	s.mu.Lock()
+	s.model = snap
+	s.mu.Unlock()
+	select {
+	case s.events <- event{first: now, last: now, count: 1}:
+	default:
+		// The queue is full of earlier changes; their push reads the
+		// latest model, which includes this one.
+	}
+}
+
+// Ready reports whether the first model snapshot has been translated and
+// published, so proxies connecting now get a full configuration.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// Run listens on Options.Addr and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	lis, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listening for xDS on %s: %w", s.opts.Addr, err)
+	}
+	return s.Serve(ctx, lis)
+}
+
+// Serve serves ADS on lis until ctx ends, then closes lis and every stream.
+// It may be called once per Server.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if !s.served.CompareAndSwap(false, true) {
+		lis.Close()
+		return errors.New("this xDS server is already serving; create another Server to serve twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	gs := grpc.NewServer(
+		// Envoy's bootstrap (meshctl bootstrap) pings every 30s; allow it,
+		// and keep half-dead connections from holding proxies' state.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	xs := serverv3.NewServer(ctx, s.cache, s.callbacks(), serverOption(s.log))
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsService{s: s, xds: xs})
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		debounce(s.events, ctx.Done(), s.opts.DebounceAfter, s.opts.DebounceMax, realClock{}, s.push)
+	}()
+	go func() {
+		defer wg.Done()
+		s.renewLoop(ctx)
+	}()
+
+	s.log.Info("serving xDS", "addr", lis.Addr().String(), "debounce_after", s.opts.DebounceAfter, "debounce_max", s.opts.DebounceMax)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gs.Serve(lis) }()
+	var err error
+	select {
+	case <-ctx.Done():
+		// Stop, not GracefulStop: ADS streams never end on their own.
+		gs.Stop()
+		if serr := <-serveErr; serr != nil && !errors.Is(serr, grpc.ErrServerStopped) {
+			err = fmt.Errorf("serving xDS on %s: %w", lis.Addr(), serr)
+		}
+	case err = <-serveErr:
+		err = fmt.Errorf("serving xDS on %s: %w", lis.Addr(), err)
+		cancel()
+	}
+	wg.Wait()
+	return err
+}
+
+// Handler serves /metrics, /healthz, /readyz and the debug API.
+func (s *Server) Handler() http.Handler { return s.debugHandler() }
+
+// push is one debounced push: translate every group that has proxies,
+// publish what passed the checks.
+func (s *Server) push(e event) {
+	start := time.Now()
+	s.m.debounce.Observe(start.Sub(e.first).Seconds())
+	s.mu.Lock()
+	m := s.model
+	s.mu.Unlock()
+	s.sync(m, e.first)
+	s.m.pushBuild.Observe(time.Since(start).Seconds())
+	s.ready.Store(true)
+	s.pushesDone.Add(1)
+}
+
+// workers bounds parallel translations: translation is CPU-bound.
+func workers() int { return max(1, runtime.GOMAXPROCS(0)) }

@@ -1,0 +1,422 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/minimesh/minimesh/translate"
+)
+
+// Short type names, as Istio and meshctl print them.
+const (
+	typeLDS = "lds"
+	typeRDS = "rds"
+	typeCDS = "cds"
+	typeEDS = "eds"
+	typeSDS = "sds"
+)
+
+// shortTypes maps xDS type URLs to their short names.
+var shortTypes = map[string]string{
+	resourcev3.ListenerType: typeLDS,
+	resourcev3.RouteType:    typeRDS,
+	resourcev3.ClusterType:  typeCDS,
+	resourcev3.EndpointType: typeEDS,
+	resourcev3.SecretType:   typeSDS,
+}
+
+// shortType returns the short name of a type URL, or the URL itself for
+// types minimesh does not serve (so they still show up, unambiguously).
+func shortType(typeURL string) string {
+	if s, ok := shortTypes[typeURL]; ok {
+		return s
+	}
+	return typeURL
+}
+
+// configTypes are the types of a group snapshot, in the order Envoy wants
+// them; secrets live in a per-proxy snapshot of their own.
+var configTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// versionedSnapshot builds a cache snapshot whose per-type version is a hash
+// of that type's resources. Equal content therefore always has an equal
+// version: a push that changes only endpoints changes only the EDS version,
+// and go-control-plane then answers only the EDS watches. The per-resource
+// versions that delta xDS compares are computed here too, with
+// go-control-plane's own HashResource over the same deterministic bytes it
+// sends, so the snapshot is never mutated after it is shared between
+// proxies (go-control-plane would otherwise build that map lazily, under
+// whichever cache lock happens to ask first).
+//
+// check, when not nil, sees every resource with its encoding and returns
+// the resource and version to store: an error rejects it, and a different
+// but equal resource replaces it (see resourceTable).
+func versionedSnapshot(byType map[string][]types.Resource, check func(typeURL string, r types.Resource, encoded []byte) (types.Resource, string, error)) (*cachev3.Snapshot, error) {
+	var invalid *multierror.Error
+	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(byType))}
+	for typeURL, resources := range byType {
+		idx := cachev3.GetResponseType(typeURL)
+		if idx == types.UnknownType {
+			return nil, fmt.Errorf("resource type %q is not an xDS type minimesh serves", typeURL)
+		}
+		items := make(map[string]types.ResourceWithTTL, len(resources))
+		versions := make(map[string]string, len(resources))
+		names := make([]string, 0, len(resources))
+		for _, r := range resources {
+			name := cachev3.GetResourceName(r)
+			if _, dup := items[name]; dup {
+				return nil, fmt.Errorf("%s resource %q is defined twice; names must be unique", shortType(typeURL), name)
+			}
+			b, err := cachev3.MarshalResource(r)
+			if err != nil {
+				return nil, fmt.Errorf("marshalling %s resource %q: %w", shortType(typeURL), name, err)
+			}
+			version := ""
+			if check != nil {
+				r, version, err = check(typeURL, r, b)
+				if err != nil {
+					invalid = multierror.Append(invalid, err)
+				}
+			}
+			if version == "" {
+				version = cachev3.HashResource(b)
+			}
+			items[name] = types.ResourceWithTTL{Resource: r}
+			versions[name] = version
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		h := sha256.New()
+		for _, n := range names {
+			h.Write([]byte(n))
+			h.Write([]byte{0})
+			h.Write([]byte(versions[n]))
+			h.Write([]byte{0})
+		}
+		snap.Resources[idx] = cachev3.Resources{Version: hex.EncodeToString(h.Sum(nil)[:8]), Items: items}
+		snap.VersionMap[typeURL] = versions
+	}
+	if err := invalid.ErrorOrNil(); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+func groupResources(r *translate.Resources) map[string][]types.Resource {
+	out := make(map[string][]types.Resource, len(configTypes))
+	for _, t := range configTypes {
+		out[t] = []types.Resource{}
+	}
+	for _, l := range r.Listeners {
+		out[resourcev3.ListenerType] = append(out[resourcev3.ListenerType], l)
+	}
+	for _, rc := range r.Routes {
+		out[resourcev3.RouteType] = append(out[resourcev3.RouteType], rc)
+	}
+	for _, c := range r.Clusters {
+		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], c)
+	}
+	for _, e := range r.Endpoints {
+		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], e)
+	}
+	return out
+}
+
+// Kinds of configuration errors, the label of the config_errors metric.
+const (
+	errInvalid      = "invalid_resource"
+	errInconsistent = "inconsistent"
+	errCertificate  = "certificate"
+)
+
+// configError is why a group's new resources were not published.
+type configError struct {
+	kind string
+	err  error
+}
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
+
+// groupSnapshot is the gate every group snapshot passes before it is
+// published: the generated ValidateAll on every resource (including the
+// typed configs packed inside it, see translate.Resources.Validate), then
+// consistency. A failure is a *configError saying which kind.
+func groupSnapshot(r *translate.Resources, table *resourceTable) (*cachev3.Snapshot, error) {
+	snap, err := versionedSnapshot(groupResources(r), table.check)
+	if err != nil {
+		return nil, &configError{kind: errInvalid, err: err}
+	}
+	if err := consistent(r); err != nil {
+		return nil, &configError{kind: errInconsistent, err: err}
+	}
+	return snap, nil
+}
+
+// resourceTable holds every distinct resource content currently published,
+// by the SHA-256 of its encoding. Most resources are the same in every
+// group (every sidecar gets the same outbound clusters and endpoints), so
+//
+//   - deep validation, which costs more than translation, runs once per
+//     distinct content instead of once per group, and
+//   - every group's snapshot points at one shared copy, so memory grows
+//     with distinct content rather than with groups × services.
+//
+// Only valid resources are stored: a resource that failed is checked, and
+// reported, again every time. Entries not used by the latest full push are
+// dropped after it (sweep), so the table never outgrows what is served.
+// Shared resources are never modified: translation builds fresh ones and
+// nothing after it writes to them.
+type resourceTable struct {
+	mu      sync.Mutex
+	gen     uint64
+	entries map[[sha256.Size]byte]*tableEntry
+}
+
+type tableEntry struct {
+	res     types.Resource
+	version string // cachev3.HashResource of its encoding, shared too
+	gen     uint64 // last push generation that used it
+}
+
+func newResourceTable() *resourceTable {
+	return &resourceTable{entries: map[[sha256.Size]byte]*tableEntry{}}
+}
+
+// check validates r unless equal content is known valid, and returns the
+// shared copy and its version. With a nil table it only validates.
+func (t *resourceTable) check(typeURL string, r types.Resource, encoded []byte) (types.Resource, string, error) {
+	if t == nil {
+		return r, "", validateOne(typeURL, r)
+	}
+	digest := sha256.Sum256(encoded)
+	t.mu.Lock()
+	if e, ok := t.entries[digest]; ok {
+		e.gen = t.gen
+		t.mu.Unlock()
+		return e.res, e.version, nil
+	}
+	t.mu.Unlock()
+	if err := validateOne(typeURL, r); err != nil {
+		return r, "", err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[digest]
+	if !ok { // not added by another group meanwhile
+		e = &tableEntry{res: r, version: cachev3.HashResource(encoded)}
+		t.entries[digest] = e
+	}
+	e.gen = t.gen
+	return e.res, e.version, nil
+}
+
+// nextGeneration starts a full push.
+func (t *resourceTable) nextGeneration() {
+	t.mu.Lock()
+	t.gen++
+	t.mu.Unlock()
+}
+
+// sweep drops what the full push that just ended did not use. Snapshots
+// still holding a dropped resource keep it alive; they are replaced.
+func (t *resourceTable) sweep() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for d, e := range t.entries {
+		if e.gen != t.gen {
+			delete(t.entries, d)
+		}
+	}
+}
+
+// validateOne validates a single resource with translate's own deep
+// validation, so both layers agree on what valid means.
+func validateOne(typeURL string, r types.Resource) error {
+	var one translate.Resources
+	switch m := r.(type) {
+	case *listenerv3.Listener:
+		one.Listeners = append(one.Listeners, m)
+	case *routev3.RouteConfiguration:
+		one.Routes = append(one.Routes, m)
+	case *clusterv3.Cluster:
+		one.Clusters = append(one.Clusters, m)
+	case *endpointv3.ClusterLoadAssignment:
+		one.Endpoints = append(one.Endpoints, m)
+	default:
+		if vr, ok := r.(interface{ ValidateAll() error }); ok {
+			if err := vr.ValidateAll(); err != nil {
+				return fmt.Errorf("%s resource %q is invalid: %w", shortType(typeURL), cachev3.GetResourceName(r), err)
+			}
+		}
+		return nil
+	}
+	return one.Validate()
+}
+
+// consistent checks that the resources form a closed set, as Envoy needs
+// them to: every route configuration an HTTP connection manager names over
+// RDS exists, every cluster a route or TCP proxy targets exists, and every
+// EDS cluster has a load assignment. Envoy would otherwise wait forever for
+// the missing resource (warming) or reject traffic to it.
+//
+// go-control-plane's Snapshot.Consistent is not used because it reports a
+// false mismatch for the API listeners of proxyless gRPC clients, whose RDS
+// names it does not see; this check follows references itself.
+func consistent(r *translate.Resources) error {
+	var result *multierror.Error
+	routes := make(map[string]bool, len(r.Routes))
+	for _, rc := range r.Routes {
+		routes[rc.GetName()] = true
+	}
+	clusters := make(map[string]*clusterv3.Cluster, len(r.Clusters))
+	for _, c := range r.Clusters {
+		clusters[c.GetName()] = c
+	}
+	assignments := make(map[string]bool, len(r.Endpoints))
+	for _, e := range r.Endpoints {
+		assignments[e.GetClusterName()] = true
+	}
+	needCluster := func(where, name string) {
+		if name != "" && clusters[name] == nil {
+			result = multierror.Append(result, fmt.Errorf("%s refers to cluster %q, which does not exist", where, name))
+		}
+	}
+	checkRouteConfig := func(where string, rc *routev3.RouteConfiguration) {
+		for _, vh := range rc.GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				action := rt.GetRoute()
+				if action == nil {
+					continue
+				}
+				at := fmt.Sprintf("%s virtual host %q", where, vh.GetName())
+				needCluster(at, action.GetCluster())
+				for _, wc := range action.GetWeightedClusters().GetClusters() {
+					needCluster(at, wc.GetName())
+				}
+			}
+		}
+	}
+	checkHCM := func(where string, hcm *hcmv3.HttpConnectionManager) {
+		if rds := hcm.GetRds(); rds != nil {
+			if !routes[rds.GetRouteConfigName()] {
+				result = multierror.Append(result, fmt.Errorf("%s refers to route configuration %q, which does not exist", where, rds.GetRouteConfigName()))
+			}
+		}
+		if rc := hcm.GetRouteConfig(); rc != nil {
+			checkRouteConfig(where+" inline route configuration", rc)
+		}
+	}
+	checkFilters := func(where string, filters []*listenerv3.Filter) {
+		for _, f := range filters {
+			tc := f.GetTypedConfig()
+			if tc == nil {
+				continue
+			}
+			switch {
+			case tc.MessageIs((*hcmv3.HttpConnectionManager)(nil)):
+				hcm := &hcmv3.HttpConnectionManager{}
+				if err := tc.UnmarshalTo(hcm); err != nil {
+					result = multierror.Append(result, fmt.Errorf("%s: HTTP connection manager does not decode: %w", where, err))
+					continue
+				}
+				checkHCM(where, hcm)
+			case tc.MessageIs((*tcpproxyv3.TcpProxy)(nil)):
+				tp := &tcpproxyv3.TcpProxy{}
+				if err := tc.UnmarshalTo(tp); err != nil {
+					result = multierror.Append(result, fmt.Errorf("%s: TCP proxy does not decode: %w", where, err))
+					continue
+				}
+				needCluster(where+" TCP proxy", tp.GetCluster())
+				for _, wc := range tp.GetWeightedClusters().GetClusters() {
+					needCluster(where+" TCP proxy", wc.GetName())
+				}
+			}
+		}
+	}
+	for _, l := range r.Listeners {
+		where := fmt.Sprintf("listener %q", l.GetName())
+		if api := l.GetApiListener().GetApiListener(); api != nil {
+			hcm := &hcmv3.HttpConnectionManager{}
+			if err := api.UnmarshalTo(hcm); err != nil {
+				result = multierror.Append(result, fmt.Errorf("%s: API listener is not an HTTP connection manager: %w", where, err))
+			} else {
+				checkHCM(where, hcm)
+			}
+		}
+		chains := slices.Clone(l.GetFilterChains())
+		if dc := l.GetDefaultFilterChain(); dc != nil {
+			chains = append(chains, dc)
+		}
+		for _, fc := range chains {
+			at := where
+			if fc.GetName() != "" {
+				at = fmt.Sprintf("%s filter chain %q", where, fc.GetName())
+			}
+			checkFilters(at, fc.GetFilters())
+		}
+	}
+	for _, rc := range r.Routes {
+		checkRouteConfig(fmt.Sprintf("route configuration %q", rc.GetName()), rc)
+	}
+	for _, c := range r.Clusters {
+		if c.GetType() != clusterv3.Cluster_EDS {
+			continue
+		}
+		name := c.GetEdsClusterConfig().GetServiceName()
+		if name == "" {
+			name = c.GetName()
+		}
+		if !assignments[name] {
+			result = multierror.Append(result, fmt.Errorf("EDS cluster %q has no cluster load assignment %q", c.GetName(), name))
+		}
+	}
+	return result.ErrorOrNil()
+}
+
+// secretResources builds a proxy's SDS resources: its own certificate and
+// key as "default", the trust bundle as "ROOTCA". These are the names
+// translation references, and Istio's.
+func secretResources(chainPEM, keyPEM, rootPEM []byte) map[string][]types.Resource {
+	return map[string][]types.Resource{resourcev3.SecretType: {
+		&tlsv3.Secret{
+			Name: SecretDefault,
+			Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+				CertificateChain: inlineBytes(chainPEM),
+				PrivateKey:       inlineBytes(keyPEM),
+			}},
+		},
+		&tlsv3.Secret{
+			Name: SecretRootCA,
+			Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: inlineBytes(rootPEM),
+			}},
+		},
+	}}
+}
+
+// Secret names served over SDS.
+const (
+	SecretDefault = "default"
+	SecretRootCA  = "ROOTCA"
+)
+
+func inlineBytes(b []byte) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: b}}
+}
