@@ -1,6 +1,7 @@
-// Command meshctl is minimesh's operator CLI. Today it validates manifests
-// offline (`meshctl validate`); later subcommands render proxy bootstraps,
-// read meshd's debug API and run the proxyless agent.
+// Command meshctl is minimesh's operator CLI: it validates manifests offline
+// (validate), renders Envoy bootstraps (bootstrap), reads meshd's debug API
+// the way istioctl reads istiod's (proxy-config, proxy-status), and runs
+// proxyless gRPC workloads with certificates from meshd (agent).
 package main
 
 import (
@@ -36,6 +37,9 @@ func init() {
 	commands = []command{
 		{name: "validate", summary: "check manifests offline and print every problem", run: runValidate},
 		{name: "agent", summary: "run a proxyless gRPC workload with certificates and bootstrap from meshd", run: runAgent},
+		{name: "bootstrap", summary: "print an Envoy bootstrap for a sidecar that gets its config from meshd", run: runBootstrap},
+		{name: "proxy-config", summary: "show the listeners, clusters, routes, endpoints or secrets meshd serves a proxy", run: runProxyConfig},
+		{name: "proxy-status", summary: "list every proxy connected to meshd and whether it is in sync", run: runProxyStatus},
 	}
 }
 
