@@ -1,6 +1,6 @@
 // Command meshd is minimesh's control plane. `meshd serve` loads the mesh
-// from a directory of manifests, watches it, and (from issue 4 on) serves
-// the translated configuration to proxies over xDS.
+// from a directory of manifests or from a Kubernetes API server, watches it,
+// and serves the translated configuration to proxies over xDS.
 package main
 
 import (
@@ -46,6 +46,8 @@ const usage = `meshd is the minimesh control plane.
 
 Usage:
   meshd serve --config-dir DIR [flags]   load and watch a mesh described in DIR
+  meshd serve --kubeconfig PATH [flags]  discover the mesh from a Kubernetes API server
+                                         (--in-cluster instead, when running in a pod)
   meshd help                             show this help
 
 Run 'meshd serve --help' for the flags of serve.

@@ -140,9 +140,15 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"serve", "--config-dir", dir, "--trust-domain", "a/b"}, wantCode: 2, wantErr: "is not a valid trust domain"},
 		{args: []string{"serve", "--config-dir", dir, "--cluster-domain", ""}, wantCode: 2, wantErr: "is not a DNS name"},
 		{args: []string{"serve", "--config-dir", dir}, wantCode: 2, wantErr: "--xds-auth=static needs --xds-token-file"},
-		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "trust-me"}, wantCode: 2, wantErr: `--xds-auth "trust-me" is not one of static, none`},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "trust-me"}, wantCode: 2, wantErr: `--xds-auth "trust-me" is not one of kubernetes, static, none`},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--xds-addr", "15010"}, wantCode: 2, wantErr: `--xds-addr "15010" is not host:port`},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--ca-cert", "x.pem"}, wantCode: 2, wantErr: "needs all of --ca-cert, --ca-key and --ca-chain"},
+		{args: []string{"serve", "--config-dir", dir, "--kubeconfig", file}, wantCode: 2, wantErr: "--config-dir and --kubeconfig are mutually exclusive"},
+		{args: []string{"serve", "--kubeconfig", file, "--in-cluster"}, wantCode: 2, wantErr: "--kubeconfig and --in-cluster are mutually exclusive"},
+		{args: []string{"serve", "--kubeconfig", filepath.Join(dir, "nope")}, wantCode: 2, wantErr: "--kubeconfig " + filepath.Join(dir, "nope") + " cannot be used"},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "kubernetes"}, wantCode: 2, wantErr: "--xds-auth=kubernetes reviews tokens with the API server, so it needs --kubeconfig or --in-cluster"},
+		{args: []string{"serve", "--kubeconfig", file, "--xds-token-audience", " , "}, wantCode: 2, wantErr: "--xds-token-audience is empty"},
+		{args: []string{"serve", "--kubeconfig", file, "--xds-token-file", file}, wantCode: 2, wantErr: "--xds-token-file is only read with --xds-auth=static, not kubernetes"},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--debounce-after", "2s"}, wantCode: 2, wantErr: "--debounce-after (2s) must be positive and at most --debounce-max (1s)"},
 	}
 	for _, tt := range tests {

@@ -33,7 +33,11 @@ import (
 // checked. Later stages (translation, xDS, the CA) read their settings from
 // here, never from the environment.
 type serveConfig struct {
+	// Exactly one source: ConfigDir (files), or Kubeconfig or InCluster
+	// (an API server).
 	ConfigDir     string
+	Kubeconfig    string
+	InCluster     bool
 	RootNamespace string
 	TrustDomain   string
 	ClusterDomain string
@@ -53,16 +57,21 @@ type serveConfig struct {
 
 	XDSAuth      string
 	XDSTokenFile string
+	// XDSTokenAudiences are the audiences TokenReview accepts with
+	// --xds-auth=kubernetes.
+	XDSTokenAudiences []string
 }
 
 // parseServeFlags parses and checks the flags of `meshd serve`. It returns
 // flag.ErrHelp after printing the help for --help.
 func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, error) {
 	var cfg serveConfig
-	var level string
+	var level, audiences string
 	fs := flag.NewFlagSet("meshd serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML manifests to load and watch (required)")
+	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML manifests to load and watch (or use --kubeconfig / --in-cluster)")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file of the Kubernetes API server to discover the mesh from (its current context)")
+	fs.BoolVar(&cfg.InCluster, "in-cluster", false, "discover the mesh from the API server of the cluster meshd runs in, as its pod's service account")
 	fs.StringVar(&cfg.RootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of workload identities")
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of services (name.namespace.svc.DOMAIN)")
@@ -77,13 +86,17 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.CAKey, "ca-key", "", "plug-in CA: private key PEM of --ca-cert")
 	fs.StringVar(&cfg.CAChain, "ca-chain", "", "plug-in CA: chain PEM from --ca-cert up to and including the organisation root")
 	fs.DurationVar(&cfg.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half)")
-	fs.StringVar(&cfg.XDSAuth, "xds-auth", "static", "how xDS callers authenticate: static (bearer tokens from --xds-token-file) or none (local use only)")
+	fs.StringVar(&cfg.XDSAuth, "xds-auth", "", "how xDS callers authenticate: kubernetes (service-account tokens checked with TokenReview; "+
+		"the default with --kubeconfig/--in-cluster), static (bearer tokens from --xds-token-file; the default with --config-dir) or none (local use only)")
 	fs.StringVar(&cfg.XDSTokenFile, "xds-token-file", "", "with --xds-auth=static: file of 'token,namespace,serviceaccount' lines")
+	fs.StringVar(&audiences, "xds-token-audience", DefaultTokenAudience, "with --xds-auth=kubernetes: comma-separated audiences a token must be issued for")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: meshd serve --config-dir DIR [flags]\n\n"+
-			"Loads the mesh described in DIR (Namespaces, Services, Pods, EndpointSlices and\n"+
-			"Istio security policies), logs what it loaded and every problem found, and\n"+
-			"applies each change to the directory live.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: meshd serve --config-dir DIR [flags]\n"+
+			"       meshd serve --kubeconfig PATH | --in-cluster [flags]\n\n"+
+			"Loads the mesh (Namespaces, Services, Pods, EndpointSlices and Istio security\n"+
+			"policies) from the manifests in DIR or from a Kubernetes API server, logs what\n"+
+			"it loaded and every problem found, serves it to proxies over xDS, and applies\n"+
+			"every change live.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -98,13 +111,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if fs.NArg() > 0 {
 		return cfg, usagef("serve takes no arguments, got %q; pass the directory with --config-dir", strings.Join(fs.Args(), " "))
 	}
-	if cfg.ConfigDir == "" {
-		return cfg, usagef("--config-dir is required: the directory of manifests describing the mesh (try examples/mesh)")
-	}
-	if info, err := os.Stat(cfg.ConfigDir); err != nil {
-		return cfg, usagef("--config-dir %s cannot be used: %v", cfg.ConfigDir, err)
-	} else if !info.IsDir() {
-		return cfg, usagef("--config-dir %s is a file, not a directory", cfg.ConfigDir)
+	if err := checkSource(&cfg); err != nil {
+		return cfg, err
 	}
 	if errs := validation.IsDNS1123Label(cfg.RootNamespace); len(errs) > 0 {
 		return cfg, usagef("--root-namespace %q is not a namespace name: %s", cfg.RootNamespace, strings.Join(errs, "; "))
@@ -137,16 +145,75 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if !plugin && cfg.CADir == "" {
 		return cfg, usagef("--ca-dir is empty: name a directory for the CA root, or use --ca-cert/--ca-key/--ca-chain")
 	}
+	if cfg.XDSAuth == "" {
+		cfg.XDSAuth = "static"
+		if cfg.kubeMode() {
+			cfg.XDSAuth = "kubernetes"
+		}
+	}
 	switch cfg.XDSAuth {
 	case "none":
 	case "static":
 		if cfg.XDSTokenFile == "" {
 			return cfg, usagef("--xds-auth=static needs --xds-token-file FILE (lines 'token,namespace,serviceaccount'); for local use only, pass --xds-auth=none")
 		}
+	case "kubernetes":
+		if !cfg.kubeMode() {
+			return cfg, usagef("%v", errNoKubeAuth)
+		}
+		for _, a := range strings.Split(audiences, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				cfg.XDSTokenAudiences = append(cfg.XDSTokenAudiences, a)
+			}
+		}
+		if len(cfg.XDSTokenAudiences) == 0 {
+			// An empty list would make TokenReview accept the API server's
+			// own audience, i.e. every pod's default token: a token meant
+			// for something else could then be replayed to meshd.
+			return cfg, usagef("--xds-token-audience is empty; name the audience of the projected tokens (default %q)", DefaultTokenAudience)
+		}
 	default:
-		return cfg, usagef("--xds-auth %q is not one of static, none", cfg.XDSAuth)
+		return cfg, usagef("--xds-auth %q is not one of kubernetes, static, none", cfg.XDSAuth)
+	}
+	if cfg.XDSTokenFile != "" && cfg.XDSAuth != "static" {
+		return cfg, usagef("--xds-token-file is only read with --xds-auth=static, not %s", cfg.XDSAuth)
 	}
 	return cfg, nil
+}
+
+// checkSource checks that exactly one discovery source was chosen.
+func checkSource(cfg *serveConfig) error {
+	var chosen []string
+	if cfg.ConfigDir != "" {
+		chosen = append(chosen, "--config-dir")
+	}
+	if cfg.Kubeconfig != "" {
+		chosen = append(chosen, "--kubeconfig")
+	}
+	if cfg.InCluster {
+		chosen = append(chosen, "--in-cluster")
+	}
+	switch len(chosen) {
+	case 0:
+		return usagef("--config-dir is required, or --kubeconfig/--in-cluster: say where the mesh is described " +
+			"(a directory of manifests such as examples/mesh, or a Kubernetes API server)")
+	case 1:
+	default:
+		return usagef("%s are mutually exclusive: meshd reads the mesh from one source", strings.Join(chosen, " and "))
+	}
+	if cfg.Kubeconfig != "" {
+		if _, err := os.Stat(cfg.Kubeconfig); err != nil {
+			return usagef("--kubeconfig %s cannot be used: %v", cfg.Kubeconfig, err)
+		}
+	}
+	if cfg.ConfigDir != "" {
+		if info, err := os.Stat(cfg.ConfigDir); err != nil {
+			return usagef("--config-dir %s cannot be used: %v", cfg.ConfigDir, err)
+		} else if !info.IsDir() {
+			return usagef("--config-dir %s is a file, not a directory", cfg.ConfigDir)
+		}
+	}
+	return nil
 }
 
 func newLogger(cfg serveConfig, w io.Writer) *slog.Logger {
@@ -167,10 +234,29 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(cfg, stderr)
-	log.Info("meshd starting", "configDir", cfg.ConfigDir, "rootNamespace", cfg.RootNamespace,
-		"trustDomain", cfg.TrustDomain, "clusterDomain", cfg.ClusterDomain)
+	log.Info("meshd starting", "configDir", cfg.ConfigDir, "kubeconfig", cfg.Kubeconfig, "inCluster", cfg.InCluster,
+		"rootNamespace", cfg.RootNamespace, "trustDomain", cfg.TrustDomain, "clusterDomain", cfg.ClusterDomain)
 
-	var src discovery.Source = file.New(cfg.ConfigDir, file.Options{}, log.With("source", "file"))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var src discovery.Source
+	var authn auth.Authenticator = auth.None{}
+	if cfg.kubeMode() {
+		kube, err := newKubeParts(ctx, cfg, registry, log)
+		if err != nil {
+			return err
+		}
+		defer kube.stop()
+		src = kube.source
+		if kube.authn != nil {
+			authn = kube.authn
+		}
+	} else {
+		src = file.New(cfg.ConfigDir, file.Options{}, log.With("source", "file"))
+	}
 
 	authority, err := ca.New(ca.Options{
 		Dir: cfg.CADir, CertFile: cfg.CACert, KeyFile: cfg.CAKey, ChainFile: cfg.CAChain,
@@ -179,7 +265,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("starting the CA: %w", err)
 	}
-	var authn auth.Authenticator = auth.None{}
 	if cfg.XDSAuth == "static" {
 		tokens, err := auth.LoadStaticTokens(cfg.XDSTokenFile)
 		if err != nil {
@@ -187,8 +272,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		authn = tokens
 	}
-	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := xds.New(xds.Options{
 		Addr:          cfg.XDSAddr,
 		DebounceAfter: cfg.DebounceAfter,
@@ -217,8 +300,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("monitoring", "addr", monLis.Addr().String(), "metrics", "/metrics", "debug", "/debug/syncz")
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	mon := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 3)
 	go func() {
