@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -55,10 +56,10 @@ func (m *Mesh) Call(ctx context.Context, c Call) (Result, error) {
 	if c.Timeout == 0 {
 		c.Timeout = 3 * time.Second
 	}
-	client := []string{m.opts.Bins.App, "--role", "client", "--ip", c.From.IP,
-		"--target", c.Target, "--method", c.Method, "--timeout", c.Timeout.String(), "--log-level", "error"}
+	client := []string{m.opts.Bins.App, "--role", "client", "--ip", m.IP(c.From),
+		"--target", m.Addr(c.Target), "--method", c.Method, "--timeout", c.Timeout.String(), "--log-level", "error"}
 	if c.RelayTarget != "" {
-		client = append(client, "--relay-target", c.RelayTarget, "--relay-method", c.RelayMethod)
+		client = append(client, "--relay-target", m.Addr(c.RelayTarget), "--relay-method", c.RelayMethod)
 	}
 	var cmd *exec.Cmd
 	if c.From.NoProxy {
@@ -74,6 +75,10 @@ func (m *Mesh) Call(ctx context.Context, c Call) (Result, error) {
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// The agent and the client it runs form one process group, so a
+	// cancelled call leaves neither behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	_ = cmd.Run() // exit 1 is a refused call; the JSON line says why
 	line := lastLine(stdout.String())

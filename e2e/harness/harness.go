@@ -7,8 +7,11 @@
 //
 // Every process is started in its own process group and stopped with it
 // (SIGTERM, then SIGKILL after a grace period), so nothing outlives a run.
-// Ports are taken from the kernel (port 0), so runs do not collide; the
-// workloads' pod IPs are the fixed loopback addresses of examples/mesh.
+// meshd's ports are taken from the kernel (port 0). The workloads' pod IPs
+// are the loopback addresses of examples/mesh (127.0.0.x) unless
+// Options.Loopback moves them to another loopback /24: the e2e tests do,
+// with FreeLoopback, so a test run and `make demo` (or two test runs) never
+// fight over 127.0.0.12:8080.
 package harness
 
 import (
@@ -18,11 +21,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -106,6 +112,11 @@ type Options struct {
 	// Output receives every process's output, prefixed by its name;
 	// nil discards it (it is still kept in WorkDir/logs).
 	Output io.Writer
+	// Loopback, when set (e.g. "127.42.7."), replaces the prefix
+	// "127.0.0." of every pod IP: in the copied manifests, in the agents'
+	// --ip, in callers' source addresses and in plaintext targets. Empty
+	// keeps examples/mesh's addresses, which the README's commands use.
+	Loopback string
 }
 
 // Mesh is a running meshd plus the processes started against it.
@@ -131,7 +142,7 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 		configDir: filepath.Join(opts.WorkDir, "config"),
 		caDir:     filepath.Join(opts.WorkDir, "ca"),
 	}
-	if err := copyDir(opts.ExampleDir, m.configDir); err != nil {
+	if err := copyDir(opts.ExampleDir, m.configDir, m.rewritePodIPs); err != nil {
 		return nil, fmt.Errorf("copying the example mesh: %w", err)
 	}
 	if err := os.MkdirAll(filepath.Join(opts.WorkDir, "logs"), 0o755); err != nil {
@@ -159,6 +170,80 @@ func (m *Mesh) XDSAddr() string { return m.xdsAddr }
 
 // MonitoringURL is meshd's metrics and debug base URL.
 func (m *Mesh) MonitoringURL() string { return "http://" + m.monitoring }
+
+// CADir is meshd's --ca-dir: the self-signed root (root-cert.pem, root-key.pem).
+func (m *Mesh) CADir() string { return m.caDir }
+
+// WorkDir is Options.WorkDir: config, CA, cert dirs and logs.
+func (m *Mesh) WorkDir() string { return m.opts.WorkDir }
+
+// examplePrefix is the pod-IP prefix of examples/mesh.
+const examplePrefix = "127.0.0."
+
+// Addr maps an address of the example (a pod IP, or a pod IP:port) to
+// where this mesh runs it; see Options.Loopback. Anything else, such as an
+// xds:/// target, is returned unchanged.
+func (m *Mesh) Addr(a string) string {
+	if m.opts.Loopback == "" || !strings.HasPrefix(a, examplePrefix) {
+		return a
+	}
+	return m.opts.Loopback + strings.TrimPrefix(a, examplePrefix)
+}
+
+// IP is w's pod IP in this mesh.
+func (m *Mesh) IP(w Workload) string { return m.Addr(w.IP) }
+
+// rewritePodIPs moves the manifests' pod IPs to Options.Loopback. Only
+// "podIP:" lines change, so comments and other addresses stay as written.
+func (m *Mesh) rewritePodIPs(data []byte) []byte {
+	if m.opts.Loopback == "" {
+		return data
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	for i, l := range lines {
+		trimmed := strings.TrimLeft(l, " \t")
+		if rest, ok := strings.CutPrefix(trimmed, "podIP: "+examplePrefix); ok {
+			lines[i] = l[:len(l)-len(trimmed)] + "podIP: " + m.opts.Loopback + rest
+		}
+	}
+	return []byte(strings.Join(lines, ""))
+}
+
+// FreeLoopback picks a loopback /24 prefix ("127.A.B.") on which every
+// example workload's pod IP and port can be bound right now, so a mesh
+// started with it does not collide with another one on this machine.
+func FreeLoopback() (string, error) {
+	var last error
+	for range 50 {
+		prefix := fmt.Sprintf("127.%d.%d.", 1+rand.IntN(254), 1+rand.IntN(254))
+		if last = bindable(prefix); last == nil {
+			return prefix, nil
+		}
+	}
+	return "", fmt.Errorf("no free loopback /24 for the example workloads after 50 tries: %w", last)
+}
+
+// bindable checks that every example pod address under prefix is free.
+func bindable(prefix string) error {
+	var addrs []string
+	for _, w := range []Workload{Gateway, Product, Stock, Tester, Outside} {
+		ip := prefix + strings.TrimPrefix(w.IP, examplePrefix)
+		if len(w.Ports) == 0 {
+			addrs = append(addrs, net.JoinHostPort(ip, "0"))
+		}
+		for _, p := range w.Ports {
+			addrs = append(addrs, net.JoinHostPort(ip, strconv.Itoa(p)))
+		}
+	}
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return err
+		}
+		_ = l.Close()
+	}
+	return nil
+}
 
 // StartMeshd starts meshd (again, after StopMeshd) with the same ports and
 // CA directory, and waits for /readyz.
@@ -225,7 +310,7 @@ func (m *Mesh) waitReady(ctx context.Context, timeout time.Duration) error {
 
 // agentArgs is `meshctl agent` for w, with a cert dir of its own.
 func (m *Mesh) agentArgs(w Workload, certDir string) []string {
-	return []string{"agent", "--pod", w.Pod, "--namespace", w.Namespace, "--ip", w.IP,
+	return []string{"agent", "--pod", w.Pod, "--namespace", w.Namespace, "--ip", m.IP(w),
 		"--xds-address", m.xdsAddr, "--cert-dir", certDir, "--"}
 }
 
@@ -242,7 +327,7 @@ func (m *Mesh) StartWorkload(w Workload) (*Proc, error) {
 		}
 		ports += fmt.Sprint(p)
 	}
-	args := append(m.agentArgs(w, certDir), m.opts.Bins.App, "--role", w.Role, "--ip", w.IP, "--ports", ports)
+	args := append(m.agentArgs(w, certDir), m.opts.Bins.App, "--role", w.Role, "--ip", m.IP(w), "--ports", ports)
 	return m.start(w.Pod, nil, m.opts.Bins.Meshctl, args...)
 }
 
@@ -285,7 +370,8 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func copyDir(src, dst string) error {
+// copyDir copies src to dst, passing every file's content through edit.
+func copyDir(src, dst string, edit func([]byte) []byte) error {
 	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -302,7 +388,7 @@ func copyDir(src, dst string) error {
 		if err != nil {
 			return err
 		}
-		return os.WriteFile(target, b, 0o644)
+		return os.WriteFile(target, edit(b), 0o644)
 	})
 }
 

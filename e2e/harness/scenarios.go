@@ -174,8 +174,17 @@ func (m *Mesh) RunScenario(ctx context.Context, s Scenario) []Row {
 }
 
 func (m *Mesh) runCheck(ctx context.Context, scenario string, c Check) Row {
-	row := Row{Scenario: scenario, Check: c.Name, Expected: c.Expected}
-	deadline := time.Now().Add(Converge)
+	row := m.CheckUntil(ctx, c, Converge)
+	row.Scenario = scenario
+	return row
+}
+
+// CheckUntil makes c's call until c.Judge accepts the result or within
+// passes; the row holds the last observation either way. within 0 makes
+// the call exactly once.
+func (m *Mesh) CheckUntil(ctx context.Context, c Check, within time.Duration) Row {
+	row := Row{Check: c.Name, Expected: c.Expected}
+	deadline := time.Now().Add(within)
 	for {
 		r, err := m.Call(ctx, c.Call)
 		if err != nil {
