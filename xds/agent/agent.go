@@ -6,9 +6,8 @@
 // GRPC_XDS_BOOTSTRAP pointing at it.
 //
 // The agent is also the workload's xDS proxy, as Istio's agent is. The
-// bootstrap points gRPC at a local socket of the agent, and the agent
-// forwards the workload's ADS requests to meshd on the same upstream stream
-// that carries its own SDS requests. Three reasons:
+// bootstrap points gRPC at a local socket of the agent, and the agent relays
+// each of the workload's ADS streams to meshd on a stream of its own:
 //
 //   - meshd authenticates every stream with a bearer token. gRPC-Go v1.85
 //     can only send a token from its bootstrap (gRFC A97 call_creds,
@@ -16,16 +15,21 @@
 //     only over a TLS channel to the control plane; meshd's ADS port is
 //     plaintext. The agent adds the token instead, re-reading the file on
 //     every connection because projected tokens rotate.
-//   - meshd keys a proxy's certificate and snapshot by node ID. One stream
-//     per node ID keeps that unambiguous; two (agent and workload) would
-//     make each issue its own certificate for the same node.
 //   - The workload never sees the token or asks for secrets itself.
 //
-// Upstream and downstream share one fate: a new upstream session starts
-// whenever the workload (re)connects, and when meshd goes away the workload's
-// stream is ended so that gRPC reconnects with the versions it holds. A
-// SOTW server ignores a request whose nonce it did not send, so replaying a
-// reconnected workload's requests on an old upstream stream would not work.
+// gRPC-Go opens one xDS stream per dial target and one for its server, so
+// a workload that serves and dials two services holds three streams at
+// once. Each is relayed 1:1 to its own upstream stream, opened and closed
+// with it: a SOTW server ignores a request whose nonce it did not send, so
+// a workload stream's requests only make sense on the upstream stream that
+// sent the responses they answer. When an upstream stream fails, only its
+// workload stream is ended, with Unavailable, and gRPC reconnects it while
+// keeping the configuration it holds.
+//
+// The certificate comes over a separate, long-lived upstream stream that
+// asks only for the secrets and that no workload stream can disturb. All
+// streams present the same node, so meshd sees one proxy with several
+// streams and issues its certificate once, to the stream that asks for it.
 // While meshd is down the files stay as they are and the workload keeps
 // serving with its last configuration.
 package agent
@@ -122,7 +126,13 @@ type Agent struct {
 	proxyURI string
 	server   *grpc.Server
 
-	attach chan *downstream
+	// ctx ends when the agent stops; relayed streams end with it.
+	ctx context.Context
+
+	streamsMu sync.Mutex
+	streams   int            // workload streams being relayed
+	stopping  bool           // set by Close: no new relays
+	relays    sync.WaitGroup // their handlers, which Close waits for
 
 	certMu   sync.Mutex
 	cert     *Certificate
@@ -165,7 +175,6 @@ func New(opts Options) (*Agent, error) {
 	a := &Agent{
 		opts:      opts,
 		log:       opts.Log.With("node", id.String()),
-		attach:    make(chan *downstream),
 		certCond:  make(chan struct{}),
 		firstCert: make(chan struct{}),
 		done:      make(chan struct{}),
@@ -269,6 +278,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.conn = conn
 	a.ads = discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	// The context exists before the endpoint serves: relays derive theirs
+	// from it.
+	a.ctx, a.cancel = context.WithCancel(ctx)
 	a.server = grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(a.server, &proxyService{a: a})
 	go func() {
@@ -276,10 +288,9 @@ func (a *Agent) Start(ctx context.Context) error {
 			a.log.Error("the agent's local xDS endpoint stopped", "error", err)
 		}
 	}()
-	ctx, a.cancel = context.WithCancel(ctx)
 	go func() {
 		defer close(a.done)
-		a.loop(ctx)
+		a.certLoop(a.ctx)
 	}()
 	a.log.Info("agent started", "meshd", a.opts.XDSAddress, "cert_dir", a.opts.CertDir, "xds_proxy", a.proxyURI)
 	return nil
@@ -298,6 +309,12 @@ func (a *Agent) Close() error {
 		if a.server != nil {
 			a.server.Stop()
 		}
+		// Stop ends the relays' streams without waiting for their
+		// handlers; they must be gone before the connection to meshd is.
+		a.streamsMu.Lock()
+		a.stopping = true
+		a.streamsMu.Unlock()
+		a.relays.Wait()
 		if a.conn != nil {
 			_ = a.conn.Close()
 		}

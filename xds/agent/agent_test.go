@@ -7,18 +7,22 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -51,9 +55,18 @@ type fakeMeshd struct {
 	mu       sync.Mutex
 	tokens   []string // authorization header per stream
 	requests []recorded
+	open     map[int64]bool // streams open now
+	closed   int            // streams closed so far
 	changed  chan struct{}
 	version  int
+	// What the snapshot holds besides nothing: set with setSecrets and
+	// setListeners, published together.
+	secrets, listeners []types.Resource
 }
+
+// failListener is a listener name that makes the fake meshd end the
+// stream that asks for it, as a real server ends one it refuses.
+const failListener = "fail-me"
 
 type recorded struct {
 	stream int64
@@ -62,7 +75,7 @@ type recorded struct {
 
 func newFakeMeshd(t *testing.T, addr string) *fakeMeshd {
 	t.Helper()
-	f := &fakeMeshd{t: t, cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), changed: make(chan struct{})}
+	f := &fakeMeshd{t: t, cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), changed: make(chan struct{}), open: map[int64]bool{}}
 	f.start(addr)
 	t.Cleanup(f.stop)
 	return f
@@ -87,19 +100,30 @@ func (f *fakeMeshd) start(addr string) {
 	}
 	f.addr = lis.Addr().String()
 	cb := serverv3.CallbackFuncs{
-		StreamOpenFunc: func(ctx context.Context, _ int64, _ string) error {
+		StreamOpenFunc: func(ctx context.Context, id int64, _ string) error {
 			md, _ := metadata.FromIncomingContext(ctx)
 			f.mu.Lock()
 			f.tokens = append(f.tokens, strings.Join(md.Get("authorization"), ","))
+			f.open[id] = true
 			f.notifyLocked()
 			f.mu.Unlock()
 			return nil
+		},
+		StreamClosedFunc: func(id int64, _ *corev3.Node) {
+			f.mu.Lock()
+			delete(f.open, id)
+			f.closed++
+			f.notifyLocked()
+			f.mu.Unlock()
 		},
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
 			f.mu.Lock()
 			f.requests = append(f.requests, recorded{id, req})
 			f.notifyLocked()
 			f.mu.Unlock()
+			if slices.Contains(req.GetResourceNames(), failListener) {
+				return errors.New("this stream asked for a listener the test refuses")
+			}
 			return nil
 		},
 	}
@@ -119,10 +143,7 @@ func (f *fakeMeshd) notifyLocked() {
 func (f *fakeMeshd) setSecrets(nodeID string, chain, key, root []byte) {
 	f.t.Helper()
 	f.mu.Lock()
-	f.version++
-	v := fmt.Sprint(f.version)
-	f.mu.Unlock()
-	snap, err := cachev3.NewSnapshot(v, map[resourcev3.Type][]types.Resource{resourcev3.SecretType: {
+	f.secrets = []types.Resource{
 		&tlsv3.Secret{Name: SecretDefault, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
 			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
 			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
@@ -130,13 +151,49 @@ func (f *fakeMeshd) setSecrets(nodeID string, chain, key, root []byte) {
 		&tlsv3.Secret{Name: SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: root}},
 		}}},
-	}})
+	}
+	f.mu.Unlock()
+	f.publish(nodeID)
+}
+
+// setListeners publishes (empty) listeners with these names for the node,
+// under a new version.
+func (f *fakeMeshd) setListeners(nodeID string, names ...string) {
+	f.t.Helper()
+	f.mu.Lock()
+	f.listeners = nil
+	for _, n := range names {
+		f.listeners = append(f.listeners, &listenerv3.Listener{Name: n})
+	}
+	f.mu.Unlock()
+	f.publish(nodeID)
+}
+
+func (f *fakeMeshd) publish(nodeID string) {
+	f.t.Helper()
+	f.mu.Lock()
+	f.version++
+	v := fmt.Sprint(f.version)
+	res := map[resourcev3.Type][]types.Resource{resourcev3.SecretType: f.secrets, resourcev3.ListenerType: f.listeners}
+	f.mu.Unlock()
+	snap, err := cachev3.NewSnapshot(v, res)
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	if err := f.cache.SetSnapshot(context.Background(), nodeID, snap); err != nil {
 		f.t.Fatal(err)
 	}
+}
+
+// sdsStreams lists the streams that asked for secrets. Call with mu held.
+func (f *fakeMeshd) sdsStreams() []int64 {
+	var ids []int64
+	for _, r := range f.requests {
+		if r.req.GetTypeUrl() == resourcev3.SecretType && !slices.Contains(ids, r.stream) {
+			ids = append(ids, r.stream)
+		}
+	}
+	return ids
 }
 
 // waitFor polls cond under the lock until it holds or the test times out.
@@ -357,9 +414,11 @@ func TestAgentRejectsCertificateFromAnotherCA(t *testing.T) {
 }
 
 // TestBootstrapDrivesGRPCThroughTheAgent feeds the agent's bootstrap to
-// gRPC's own xDS resolver: gRPC must accept it, reach the agent's socket,
-// and the agent must forward the LDS request to meshd on its own stream,
-// under its node.
+// gRPC's own xDS resolver: gRPC must accept it and reach the agent's
+// socket, and the agent must relay the LDS request of each channel to
+// meshd on a stream of its own, under its node, next to the certificate
+// session. gRPC-Go opens an xDS stream per dial target; none may knock
+// another off.
 func TestBootstrapDrivesGRPCThroughTheAgent(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
 	a := startAgent(t, Options{XDSAddress: meshd.addr})
@@ -391,35 +450,59 @@ func TestBootstrapDrivesGRPCThroughTheAgent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("gRPC rejects the bootstrap: %v", err)
 	}
-	target := "xds:///product.default.svc.cluster.local:8080"
-	cc, err := grpc.NewClient(target, grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	targets := []string{"product.default.svc.cluster.local:8080", "stock.default.svc.cluster.local:8081"}
+	for _, target := range targets {
+		cc, err := grpc.NewClient("xds:///"+target, grpc.WithResolvers(resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cc.Close() })
+		cc.Connect()
 	}
-	defer func() { _ = cc.Close() }()
-	cc.Connect()
 
-	meshd.waitFor("the workload's LDS request on the agent's stream", func() bool {
-		sdsStream := int64(-1)
+	// ldsStream maps each target to the meshd stream its LDS request came
+	// on; the problems are collected and reported once the requests are in.
+	ldsStream := map[string]int64{}
+	problems := map[string]bool{}
+	meshd.waitFor("each channel's LDS request", func() bool {
+		sds := meshd.sdsStreams()
 		for _, r := range meshd.requests {
-			if r.req.GetTypeUrl() == resourcev3.SecretType {
-				sdsStream = r.stream
+			if r.req.GetTypeUrl() != resourcev3.ListenerType {
+				continue
+			}
+			if r.req.GetNode() != nil && r.req.GetNode().GetId() != a.NodeID() {
+				problems[fmt.Sprintf("relayed request node = %q, want %q", r.req.GetNode().GetId(), a.NodeID())] = true
+			}
+			if slices.Contains(sds, r.stream) {
+				problems[fmt.Sprintf("the workload's LDS request came on the certificate session's stream %d", r.stream)] = true
+			}
+			for _, n := range r.req.GetResourceNames() {
+				if slices.Contains(targets, n) {
+					ldsStream[n] = r.stream
+				}
 			}
 		}
-		for _, r := range meshd.requests {
-			if r.req.GetTypeUrl() == resourcev3.ListenerType && r.stream == sdsStream {
-				if r.req.GetNode().GetId() != a.NodeID() {
-					t.Errorf("forwarded request node = %q, want %q", r.req.GetNode().GetId(), a.NodeID())
-				}
-				for _, n := range r.req.GetResourceNames() {
-					if n == "product.default.svc.cluster.local:8080" {
-						return true
-					}
-				}
-			}
-		}
-		return false
+		return len(ldsStream) == len(targets)
 	})
+	for _, p := range slices.Sorted(maps.Keys(problems)) {
+		t.Error(p)
+	}
+	if ldsStream[targets[0]] == ldsStream[targets[1]] {
+		t.Errorf("both channels' LDS requests came on meshd stream %d; gRPC opens one xDS stream per target", ldsStream[targets[0]])
+	}
+	// A stream replaced by another would be closed at once; give a
+	// replacement the time to show, then check that every stream lives.
+	time.Sleep(500 * time.Millisecond)
+	meshd.mu.Lock()
+	defer meshd.mu.Unlock()
+	for target, id := range ldsStream {
+		if !meshd.open[id] {
+			t.Errorf("the stream relaying %s was closed while its channel lives", target)
+		}
+	}
+	if sds := meshd.sdsStreams(); len(sds) != 1 || !meshd.open[sds[0]] {
+		t.Errorf("certificate session streams = %v (open: %v), want one that stays open", sds, meshd.open)
+	}
 }
 
 func TestRunPropagatesExitStatusAndBootstrap(t *testing.T) {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -14,7 +13,6 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // Backoff between attempts to reach meshd.
@@ -25,52 +23,19 @@ const (
 	stableAfter = 10 * time.Second
 )
 
-// downstream is the workload's ADS stream to the agent. Its handler waits on
-// done: the session that owns the stream is the only one to send on it and
-// finishes it exactly once, so nothing is sent after the handler returns.
-type downstream struct {
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer
-	done   chan error // buffered, 1
-}
-
-func (d *downstream) finish(err error) {
-	if d != nil {
-		d.done <- err
-	}
-}
-
-// proxyService is the agent's local ADS endpoint for the workload.
-type proxyService struct {
-	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
-	a *Agent
-}
-
-func (p *proxyService) StreamAggregatedResources(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
-	d := &downstream{stream: stream, done: make(chan error, 1)}
-	select {
-	case p.a.attach <- d:
-	case <-stream.Context().Done():
-		return status.FromContextError(stream.Context().Err()).Err()
-	case <-p.a.closed:
-		return status.Error(codes.Unavailable, "the minimesh agent is stopping")
-	}
-	return <-d.done
-}
-
-// loop keeps an upstream session to meshd open until ctx ends.
-func (a *Agent) loop(ctx context.Context) {
+// certLoop keeps the certificate session to meshd open until ctx ends.
+// Workload streams come and go on their own upstream streams and never
+// restart it, so meshd sees one steady SDS subscriber per node.
+func (a *Agent) certLoop(ctx context.Context) {
 	var (
-		pending *downstream
 		backoff = backoffMin
 		prev    *secretSet
 	)
 	for ctx.Err() == nil {
 		start := time.Now()
-		next, got, err := a.session(ctx, pending, &prev)
-		pending = next
-		if err == nil || ctx.Err() != nil {
-			backoff = backoffMin
-			continue
+		got, err := a.certSession(ctx, &prev)
+		if ctx.Err() != nil {
+			return
 		}
 		if got || time.Since(start) > stableAfter {
 			backoff = backoffMin
@@ -78,63 +43,47 @@ func (a *Agent) loop(ctx context.Context) {
 		a.log.Warn("lost the connection to meshd; the workload keeps its certificate files and last configuration, retrying",
 			"meshd", a.opts.XDSAddress, "retry_in", backoff.Round(time.Millisecond), "error", err)
 		wait := time.NewTimer(backoff + rand.N(backoff/4+1))
-	waiting:
-		for {
-			select {
-			case <-ctx.Done():
-				wait.Stop()
-				break waiting
-			case <-wait.C:
-				break waiting
-			case d := <-a.attach:
-				// The workload reconnected while meshd is away: hold its
-				// stream until the next attempt, replacing an older one.
-				if pending != nil {
-					pending.finish(status.Error(codes.Unavailable, "replaced by a newer stream from the workload"))
-				}
-				pending = d
-			}
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return
+		case <-wait.C:
 		}
 		backoff = min(backoff*2, backoffMax)
 	}
-	pending.finish(status.Error(codes.Unavailable, "the minimesh agent is stopping"))
 }
 
-// errDownstreamGone ends a session when the workload closes its stream.
-var errDownstreamGone = errors.New("the workload closed its xDS stream")
+// withToken returns ctx carrying the bearer token for meshd, read from the
+// token file now: projected tokens rotate, so every new stream reads it.
+func (a *Agent) withToken(ctx context.Context) (context.Context, error) {
+	if a.opts.TokenFile == "" {
+		return ctx, nil
+	}
+	tok, err := os.ReadFile(a.opts.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading the token file: %w", err)
+	}
+	t := strings.TrimSpace(string(tok))
+	if t == "" {
+		return nil, fmt.Errorf("the token file %s is empty", a.opts.TokenFile)
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t), nil
+}
 
-// session runs one upstream ADS stream, carrying the agent's SDS requests
-// and, if down is set, the workload's requests. It returns the downstream
-// that replaced down (if one attached), whether any response arrived, and
-// why the upstream stream ended (nil when it ended for a downstream
-// change). down is always finished before session returns.
-func (a *Agent) session(ctx context.Context, down *downstream, prev **secretSet) (next *downstream, got bool, err error) {
+// certSession runs one upstream ADS stream that asks only for the
+// workload's secrets, writes them to files and ACKs them. It returns
+// whether any response arrived and why the stream ended; it runs until the
+// stream fails or ctx ends.
+func (a *Agent) certSession(ctx context.Context, prev **secretSet) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	finishDown := func(err error) {
-		down.finish(err)
-		down = nil
-	}
-	defer func() {
-		if down != nil {
-			finishDown(status.Error(codes.Unavailable, "the minimesh agent lost its connection to meshd"))
-		}
-	}()
-
-	if a.opts.TokenFile != "" {
-		tok, err := os.ReadFile(a.opts.TokenFile)
-		if err != nil {
-			return nil, false, fmt.Errorf("reading the token file: %w", err)
-		}
-		t := strings.TrimSpace(string(tok))
-		if t == "" {
-			return nil, false, fmt.Errorf("the token file %s is empty", a.opts.TokenFile)
-		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t)
+	ctx, err = a.withToken(ctx)
+	if err != nil {
+		return false, err
 	}
 	up, err := a.ads.StreamAggregatedResources(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("opening an ADS stream to meshd: %w", err)
+		return false, fmt.Errorf("opening an ADS stream to meshd: %w", err)
 	}
 	sdsNames := []string{SecretDefault, SecretRootCA}
 	if err := up.Send(&discoveryv3.DiscoveryRequest{
@@ -142,123 +91,49 @@ func (a *Agent) session(ctx context.Context, down *downstream, prev **secretSet)
 		TypeUrl:       resourcev3.SecretType,
 		ResourceNames: sdsNames,
 	}); err != nil {
-		return nil, false, fmt.Errorf("requesting secrets from meshd: %w", upstreamErr(up, err))
-	}
-
-	errc := make(chan error, 2)
-	fromUp := make(chan *discoveryv3.DiscoveryResponse)
-	go func() {
-		for {
-			resp, err := up.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case fromUp <- resp:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	var fromDown chan *discoveryv3.DiscoveryRequest
-	if down != nil {
-		fromDown = make(chan *discoveryv3.DiscoveryRequest)
-		go func(s discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) {
-			for {
-				req, err := s.Recv()
-				if err != nil {
-					errc <- errDownstreamGone
-					return
-				}
-				select {
-				case fromDown <- req:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}(down.stream)
-		a.log.Debug("workload connected to the agent's xDS endpoint")
-	}
-
-	// sendErr prefers the stream's status, which the receiver reports, to
-	// the bare io.EOF a failed Send returns.
-	sendErr := func(what string, err error) error {
-		select {
-		case rerr := <-errc:
-			if !errors.Is(rerr, errDownstreamGone) {
-				err = rerr
-			}
-		case <-time.After(time.Second):
-		}
-		return fmt.Errorf("%s: %w", what, err)
+		return false, fmt.Errorf("requesting secrets from meshd: %w", upstreamErr(up))
 	}
 	acceptedSDS := ""
 	for {
-		select {
-		case <-ctx.Done():
-			finishDown(status.Error(codes.Unavailable, "the minimesh agent is stopping"))
-			return nil, got, nil
-		case d := <-a.attach:
-			finishDown(status.Error(codes.Unavailable, "replaced by a newer stream from the workload"))
-			return d, got, nil
-		case err := <-errc:
-			if errors.Is(err, errDownstreamGone) {
-				finishDown(nil)
-				return nil, got, nil
-			}
-			return nil, got, err
-		case req := <-fromDown:
-			if req.GetTypeUrl() == resourcev3.SecretType {
-				// Secrets reach the workload as files only.
-				a.log.Warn("ignoring an SDS request from the workload; its certificates come from the agent's files", "names", req.GetResourceNames())
-				continue
-			}
-			// The workload speaks as this agent's node, whatever its
-			// bootstrap says: meshd authorises the stream by this node.
-			req.Node = a.node
-			if err := up.Send(req); err != nil {
-				return nil, got, sendErr("forwarding the workload's request to meshd", err)
-			}
-		case resp := <-fromUp:
-			got = true
-			if resp.GetTypeUrl() != resourcev3.SecretType {
-				if down == nil {
-					continue // a workload that left; its successor re-requests
-				}
-				if err := down.stream.Send(resp); err != nil {
-					finishDown(nil)
-					return nil, got, nil
-				}
-				continue
-			}
-			ack := &discoveryv3.DiscoveryRequest{
-				TypeUrl:       resourcev3.SecretType,
-				ResourceNames: sdsNames,
-				ResponseNonce: resp.GetNonce(),
-				VersionInfo:   resp.GetVersionInfo(),
-			}
-			if err := a.handleSecrets(resp, prev); err != nil {
-				a.log.Error("rejecting certificates from meshd; keeping the files already written", "version", resp.GetVersionInfo(), "error", err)
-				ack.VersionInfo = acceptedSDS
-				ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
-			} else {
-				acceptedSDS = resp.GetVersionInfo()
-			}
-			if err := up.Send(ack); err != nil {
-				return nil, got, sendErr("acknowledging secrets", err)
-			}
+		resp, err := up.Recv()
+		if err != nil {
+			return got, fmt.Errorf("receiving secrets from meshd: %w", err)
+		}
+		got = true
+		if resp.GetTypeUrl() != resourcev3.SecretType {
+			// This stream subscribes to nothing else; a response of
+			// another type needs no ACK here.
+			a.log.Debug("ignoring a response of a type the certificate session did not ask for", "type", resp.GetTypeUrl())
+			continue
+		}
+		ack := &discoveryv3.DiscoveryRequest{
+			TypeUrl:       resourcev3.SecretType,
+			ResourceNames: sdsNames,
+			ResponseNonce: resp.GetNonce(),
+			VersionInfo:   resp.GetVersionInfo(),
+		}
+		if err := a.handleSecrets(resp, prev); err != nil {
+			a.log.Error("rejecting certificates from meshd; keeping the files already written", "version", resp.GetVersionInfo(), "error", err)
+			ack.VersionInfo = acceptedSDS
+			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		} else {
+			acceptedSDS = resp.GetVersionInfo()
+		}
+		if err := up.Send(ack); err != nil {
+			return got, fmt.Errorf("acknowledging secrets: %w", upstreamErr(up))
 		}
 	}
 }
 
-// upstreamErr turns io.EOF from a Send before the receiver started into
-// the stream's real status.
-func upstreamErr(up discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, err error) error {
-	if _, rerr := up.Recv(); rerr != nil {
-		return rerr
+// upstreamErr returns the real status of a stream whose Send failed: Send
+// only reports io.EOF, Recv reports why. Only for a stream whose responses
+// nobody else is receiving.
+func upstreamErr(up discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient) error {
+	for {
+		if _, rerr := up.Recv(); rerr != nil {
+			return rerr
+		}
 	}
-	return err
 }
 
 // handleSecrets validates an SDS response and writes the files.
