@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	sigsjson "sigs.k8s.io/json"
 
+	"github.com/minimesh/minimesh/discovery/convert"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 )
@@ -84,8 +85,8 @@ type builder struct {
 	opts       Options
 	seen       map[string]policy.Location // "Kind/ns/name" -> where it was first defined
 	namespaces []model.Namespace
-	services   []service
-	pods       []pod
+	services   []*corev1.Service
+	pods       []*corev1.Pod
 	slices     []endpointSlice
 	policies   policy.Set
 	problems   []model.Problem
@@ -99,19 +100,8 @@ type nsUse struct {
 	prob model.Problem
 }
 
-// service, pod and endpointSlice keep what endpoint derivation needs beyond
-// the model types.
-type service struct {
-	model.Service
-	publishNotReady bool
-}
-
-type pod struct {
-	model.Workload
-	terminal    bool // phase Succeeded or Failed: never an endpoint
-	terminating bool // deletionTimestamp set
-}
-
+// endpointSlice remembers the document a slice came from, for warnings
+// about it.
 type endpointSlice struct {
 	slice *discoveryv1.EndpointSlice
 	doc   *document
@@ -307,6 +297,17 @@ func (b *builder) decodeStrict(o obj, into any, typeName string) bool {
 	return false
 }
 
+// accept admits a namespaced object that passed validation (valid): it
+// claims the object's name and notes its namespace. It returns false when
+// the object must be skipped.
+func (b *builder) accept(o obj, valid bool) bool {
+	if !valid || !b.claim(o) {
+		return false
+	}
+	b.useNamespace(o)
+	return true
+}
+
 func (b *builder) useNamespace(o obj) {
 	b.nsUses = append(b.nsUses, nsUse{ns: o.ns, prob: model.Problem{
 		Severity: policy.SeverityWarning, Kind: o.kind, Namespace: o.ns, Name: o.name,
@@ -321,7 +322,7 @@ func (b *builder) addNamespace(o obj) {
 	if !b.decodeStrict(o, &ns, "a v1 Namespace") || !b.checkLabels(o, ns.Labels) || !b.claim(o) {
 		return
 	}
-	b.namespaces = append(b.namespaces, model.Namespace{Name: ns.Name, Labels: ns.Labels})
+	b.namespaces = append(b.namespaces, convert.Namespace(&ns))
 }
 
 func (b *builder) checkLabels(o obj, labels map[string]string) bool {
@@ -360,13 +361,6 @@ func (b *builder) addService(o obj) {
 		b.errorf(o, "spec.ports", "a service needs at least one port")
 		ok = false
 	}
-	svc := service{
-		Service: model.Service{
-			Namespace: o.ns, Name: o.name, ClusterIP: s.Spec.ClusterIP,
-			Selector: s.Spec.Selector,
-		},
-		publishNotReady: s.Spec.PublishNotReadyAddresses,
-	}
 	type portKey struct {
 		port  int32
 		proto string
@@ -374,18 +368,12 @@ func (b *builder) addService(o obj) {
 	ports, names := map[portKey]bool{}, map[string]bool{}
 	for i, p := range s.Spec.Ports {
 		field := fmt.Sprintf("spec.ports[%d]", i)
-		mp := model.ServicePort{Name: p.Name, Port: p.Port, Protocol: string(p.Protocol)}
-		if mp.Protocol == "" {
-			mp.Protocol = string(corev1.ProtocolTCP)
-		}
-		if p.AppProtocol != nil {
-			mp.AppProtocol = *p.AppProtocol
-		}
+		proto := cmp.Or(string(p.Protocol), string(corev1.ProtocolTCP))
 		if !validPort(p.Port) {
 			b.errorf(o, field+".port", "%d is not a port number from 1 to 65535", p.Port)
 			ok = false
 		}
-		switch mp.Protocol {
+		switch proto {
 		case "TCP", "UDP", "SCTP":
 		default:
 			b.errorf(o, field+".protocol", "%q is not one of TCP, UDP, SCTP", p.Protocol)
@@ -406,36 +394,32 @@ func (b *builder) addService(o obj) {
 			}
 			names[p.Name] = true
 		}
-		k := portKey{p.Port, mp.Protocol}
+		k := portKey{p.Port, proto}
 		if ports[k] {
-			b.errorf(o, field+".port", "port %d/%s is listed twice", p.Port, mp.Protocol)
+			b.errorf(o, field+".port", "port %d/%s is listed twice", p.Port, proto)
 			ok = false
 		}
 		ports[k] = true
+		// An unset targetPort (0 and "") is fine: convert.Service defaults it to the port.
 		switch {
-		case p.TargetPort.IntVal == 0 && p.TargetPort.StrVal == "":
-			mp.TargetPort = p.Port // Kubernetes defaults targetPort to port
 		case p.TargetPort.StrVal != "":
 			if errs := validation.IsValidPortName(p.TargetPort.StrVal); len(errs) > 0 {
 				b.errorf(o, field+".targetPort", "%q is neither a port number nor a valid container port name: %s",
 					p.TargetPort.StrVal, strings.Join(errs, "; "))
 				ok = false
 			}
-			mp.TargetPortName = p.TargetPort.StrVal
-		default:
+		case p.TargetPort.IntVal != 0:
 			if !validPort(p.TargetPort.IntVal) {
 				b.errorf(o, field+".targetPort", "%d is not a port number from 1 to 65535", p.TargetPort.IntVal)
 				ok = false
 			}
-			mp.TargetPort = p.TargetPort.IntVal
 		}
-		svc.Ports = append(svc.Ports, mp)
 	}
-	if !ok || !b.claim(o) {
+	if !b.accept(o, ok) {
 		return
 	}
-	b.useNamespace(o)
-	b.services = append(b.services, svc)
+	s.Namespace, s.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
+	b.services = append(b.services, &s)
 }
 
 func (b *builder) addPod(o obj) {
@@ -444,23 +428,14 @@ func (b *builder) addPod(o obj) {
 		return
 	}
 	ok := b.checkLabels(o, p.Labels)
-	w := pod{
-		Workload: model.Workload{
-			Namespace: o.ns, Name: o.name, IP: p.Status.PodIP, Labels: p.Labels,
-			ServiceAccount: cmp.Or(p.Spec.ServiceAccountName, p.Spec.DeprecatedServiceAccount, "default"),
-			InMesh:         p.Labels[model.LabelTLSMode] == model.TLSModeIstio,
-			Ready:          podReady(&p),
-		},
-		terminal:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
-		terminating: p.DeletionTimestamp != nil,
-	}
-	if errs := validation.IsDNS1123Subdomain(w.ServiceAccount); len(errs) > 0 {
-		b.errorf(o, "spec.serviceAccountName", "%q is not a valid service account name: %s", w.ServiceAccount, strings.Join(errs, "; "))
+	sa := convert.ServiceAccount(&p)
+	if errs := validation.IsDNS1123Subdomain(sa); len(errs) > 0 {
+		b.errorf(o, "spec.serviceAccountName", "%q is not a valid service account name: %s", sa, strings.Join(errs, "; "))
 		ok = false
 	}
-	if w.IP != "" {
-		if _, err := netip.ParseAddr(w.IP); err != nil {
-			b.errorf(o, "status.podIP", "%q is not an IP address", w.IP)
+	if ip := p.Status.PodIP; ip != "" {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			b.errorf(o, "status.podIP", "%q is not an IP address", ip)
 			ok = false
 		}
 	}
@@ -481,32 +456,13 @@ func (b *builder) addPod(o obj) {
 					ok = false
 				}
 			}
-			w.Ports = append(w.Ports, model.ContainerPort{
-				Name: cp.Name, Port: cp.ContainerPort, Protocol: cmp.Or(string(cp.Protocol), string(corev1.ProtocolTCP)),
-			})
 		}
 	}
-	if !ok || !b.claim(o) {
+	if !b.accept(o, ok) {
 		return
 	}
-	b.useNamespace(o)
-	b.pods = append(b.pods, w)
-}
-
-// podReady mirrors the pod's Ready condition. Hand-written manifests often
-// have no status.conditions at all, and a file describes pods the user
-// means to be running, so a pod without conditions counts as ready; once any
-// condition is listed, the Ready condition decides, as in Kubernetes.
-func podReady(p *corev1.Pod) bool {
-	if len(p.Status.Conditions) == 0 {
-		return true
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	p.Namespace, p.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
+	b.pods = append(b.pods, &p)
 }
 
 func (b *builder) addEndpointSlice(o obj) {
@@ -554,11 +510,10 @@ func (b *builder) addEndpointSlice(o obj) {
 			ok = false
 		}
 	}
-	if !ok || !b.claim(o) {
+	if !b.accept(o, ok) {
 		return
 	}
 	s.Namespace = o.ns // defaulted when the manifest names none
-	b.useNamespace(o)
 	b.slices = append(b.slices, endpointSlice{slice: &s, doc: o.d})
 }
 
@@ -608,8 +563,12 @@ func (b *builder) addPolicy(o obj, apiVersion, kind string) {
 }
 
 func (b *builder) snapshot() *model.Snapshot {
+	// Empty lists are empty, not absent, exactly as the Kubernetes source
+	// emits them, so one mesh gives deeply equal snapshots from either.
 	s := &model.Snapshot{
-		Namespaces: b.namespaces,
+		Namespaces: append([]model.Namespace{}, b.namespaces...),
+		Services:   make([]model.Service, 0, len(b.services)),
+		Workloads:  make([]model.Workload, 0, len(b.pods)),
 		Policies:   b.policies,
 	}
 	declared := map[string]bool{}
@@ -622,10 +581,10 @@ func (b *builder) snapshot() *model.Snapshot {
 		}
 	}
 	for _, svc := range b.services {
-		s.Services = append(s.Services, svc.Service)
+		s.Services = append(s.Services, convert.Service(svc))
 	}
 	for _, p := range b.pods {
-		s.Workloads = append(s.Workloads, p.Workload)
+		s.Workloads = append(s.Workloads, convert.Workload(p, convertOptions))
 	}
 	var warnings []model.Problem
 	s.Endpoints, warnings = deriveEndpoints(b.services, b.pods, b.slices)

@@ -1,6 +1,7 @@
 package kubernetes
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
 
+	"github.com/minimesh/minimesh/discovery/file"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 )
@@ -258,5 +261,152 @@ func TestEventMessage(t *testing.T) {
 	long := policy.Problems{{Severity: policy.SeverityError, Message: string(make([]byte, 5000))}}
 	if n := len(eventMessage("p: ", long, policy.SeverityError)); n > maxEventMessage {
 		t.Errorf("message is %d bytes, want at most %d", n, maxEventMessage)
+	}
+}
+
+// sameMesh is one mesh written as manifests. Every pod lists its
+// conditions and every service with a selector has slices, which is what a
+// cluster always has; with that, both sources must give the same snapshot.
+const sameMesh = `apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: test}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: product, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: product}
+  ports:
+  - {name: http, port: 80, targetPort: http, appProtocol: http}
+  - {name: grpc, port: 9090, targetPort: 9091}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: stock, namespace: shop}
+spec:
+  selector: {app: stock}
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: shop}
+spec:
+  ports: [{port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: product-a, namespace: shop, labels: {app: product, security.istio.io/tlsMode: istio}}
+spec:
+  serviceAccountName: product
+  containers:
+  - name: app
+    image: product
+    ports: [{name: http, containerPort: 8080}, {name: grpc, containerPort: 9091}]
+status:
+  podIP: 10.0.0.1
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: product-b, namespace: shop, labels: {app: product}}
+spec:
+  serviceAccount: legacy
+  containers: [{name: app, image: product}]
+status:
+  podIP: 10.0.0.2
+  conditions: [{type: PodScheduled, status: "True"}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: curl, namespace: test}
+spec:
+  containers: [{name: curl, image: curl}]
+status:
+  podIP: 10.0.9.1
+  conditions: [{type: Ready, status: "False"}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: product-2, namespace: shop, labels: {kubernetes.io/service-name: product}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.1]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, name: product-a}
+- addresses: [10.0.0.2]
+  conditions: {ready: false, serving: true, terminating: true}
+  targetRef: {kind: Pod, name: product-b}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: product-1, namespace: shop, labels: {kubernetes.io/service-name: product}}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: grpc, port: 9091, protocol: TCP}
+- {name: grpc, port: 7777, protocol: UDP}
+endpoints:
+- addresses: [10.0.0.1]
+  targetRef: {kind: Pod, namespace: shop, name: product-a}
+- addresses: [10.0.1.1]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: stock-1, namespace: shop, labels: {kubernetes.io/service-name: stock}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: []
+`
+
+// TestBuildMatchesFileSource is the promise of discovery/convert: one mesh
+// read from files or from a cluster gives deeply equal snapshots.
+func TestBuildMatchesFileSource(t *testing.T) {
+	fromFiles := file.Build([]file.File{{Path: "mesh.yaml", Data: []byte(sameMesh)}}, file.Options{})
+	for _, p := range fromFiles.Problems {
+		t.Fatalf("the file source reports a problem, so the test mesh is wrong: %s", p)
+	}
+
+	var in inputs
+	for i, doc := range strings.Split(sameMesh, "\n---\n") {
+		var h struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &h); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		var obj any
+		switch h.Kind {
+		case "Namespace":
+			ns := &corev1.Namespace{}
+			in.namespaces, obj = append(in.namespaces, ns), ns
+		case "Service":
+			svc := &corev1.Service{}
+			in.services, obj = append(in.services, svc), svc
+		case "Pod":
+			p := &corev1.Pod{}
+			in.pods, obj = append(in.pods, p), p
+		case "EndpointSlice":
+			s := &discoveryv1.EndpointSlice{}
+			in.slices, obj = append(in.slices, s), s
+		default:
+			t.Fatalf("document %d: kind %q is not handled by this test", i, h.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+	}
+	fromCluster := build(in)
+
+	if diff := cmp.Diff(fromFiles, fromCluster); diff != "" {
+		t.Errorf("file source and Kubernetes source disagree (-file +kubernetes):\n%s", diff)
+	}
+	// Guard against both agreeing on nothing.
+	if eps := fromCluster.EndpointsFor("shop", "product", 80); eps == nil || len(eps.Endpoints) != 3 {
+		t.Errorf("endpoints of shop/product:80 = %+v, want 3", eps)
 	}
 }
