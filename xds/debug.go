@@ -39,7 +39,10 @@ type SyncStatus struct {
 	Groups  []GroupStatus `json:"groups"`
 }
 
-// ProxyStatus is one connected proxy (one ADS stream).
+// ProxyStatus is one connected proxy: one node ID, with all its streams.
+// A proxyless workload under meshctl agent has several (the agent's SDS
+// stream and one per gRPC xDS client); Types merges them so that a row
+// shows the worst state of each type, and Streams lists them one by one.
 type ProxyStatus struct {
 	NodeID string `json:"nodeID"`
 	// Workload is namespace/name of the pod, empty while Waiting.
@@ -48,15 +51,35 @@ type ProxyStatus struct {
 	Group    string `json:"group,omitempty"`
 	// Waiting is true while discovery does not know the node's pod: the
 	// stream stays open and configuration follows as soon as it does.
-	Waiting     bool      `json:"waiting"`
+	Waiting bool `json:"waiting"`
+	// Delta, Peer, Identity and ConnectedAt are those of the node's
+	// longest-open stream.
 	Delta       bool      `json:"delta"`
 	Peer        string    `json:"peer,omitempty"`
 	Identity    string    `json:"identity"`
 	ConnectedAt time.Time `json:"connectedAt"`
-	// Refused is why meshd stopped serving this stream, if it did.
+	// Refused is why meshd stopped serving the node, when it refused every
+	// one of its streams; a single refused stream shows in Streams.
 	Refused     string             `json:"refused,omitempty"`
 	Certificate *CertificateStatus `json:"certificate,omitempty"`
-	// Types is keyed by lds, rds, cds, eds, sds: the types it asked for.
+	// Types is keyed by lds, rds, cds, eds, sds: the types any stream asked
+	// for, each from the stream least in sync (NACKED, then STALE).
+	Types map[string]TypeStatus `json:"types"`
+	// Streams are the node's open streams, oldest first.
+	Streams []StreamStatus `json:"streams,omitempty"`
+}
+
+// StreamStatus is one ADS stream of a proxy.
+type StreamStatus struct {
+	// ID is go-control-plane's stream number (SOTW and delta count apart).
+	ID          int64     `json:"id"`
+	Delta       bool      `json:"delta"`
+	Peer        string    `json:"peer,omitempty"`
+	Identity    string    `json:"identity"`
+	ConnectedAt time.Time `json:"connectedAt"`
+	Refused     string    `json:"refused,omitempty"`
+	// Types is keyed by lds, rds, cds, eds, sds: the types this stream
+	// asked for.
 	Types map[string]TypeStatus `json:"types"`
 }
 
@@ -171,69 +194,12 @@ func (s *Server) SyncStatus() SyncStatus {
 	defer s.mu.Unlock()
 	out := SyncStatus{Ready: s.Ready(), Proxies: []ProxyStatus{}, Groups: []GroupStatus{}}
 	members := map[string]int{}
-	for _, p := range s.streams {
-		if !p.bound {
+	for _, n := range s.nodes {
+		if !n.live() {
 			continue
 		}
-		members[p.group]++
-		ps := ProxyStatus{
-			NodeID:      p.nodeID,
-			Workload:    p.workload,
-			Flavor:      string(p.flavor),
-			Group:       p.group,
-			Waiting:     p.waiting,
-			Delta:       p.key.delta,
-			Peer:        p.peer,
-			Identity:    p.identity.String(),
-			ConnectedAt: p.shownAt,
-			Types:       map[string]TypeStatus{},
-		}
-		if p.refused != nil {
-			ps.Refused = p.refused.Error()
-		}
-		if p.cert != nil || p.certErr != nil {
-			cs := &CertificateStatus{RenewAt: p.renewAt}
-			if p.cert != nil {
-				cs.SPIFFEID, cs.Serial, cs.NotAfter = p.cert.SPIFFEID, p.cert.Serial, p.cert.NotAfter
-			}
-			if p.certErr != nil {
-				cs.Error = p.certErr.Error()
-			}
-			ps.Certificate = cs
-		}
-		current := func(typ string) string {
-			snap := p.configSnap
-			if typ == typeSDS {
-				snap = p.secretSnap
-			}
-			if snap == nil {
-				return ""
-			}
-			for url, short := range shortTypes {
-				if short == typ {
-					return snap.GetVersion(url)
-				}
-			}
-			return ""
-		}
-		for typ, ts := range p.types {
-			st := TypeStatus{
-				Current: current(typ), Sent: ts.Sent, Acked: ts.Acked, Nacked: ts.Nacked, NackError: ts.NackError,
-				SentAt: ts.SentAt, AckedAt: ts.AckedAt, NackedAt: ts.NackedAt,
-			}
-			switch {
-			case st.Current == "":
-				st.State = StateNotSent
-			case st.Acked == st.Current:
-				st.State = StateSynced
-			case st.Nacked == st.Current:
-				st.State = StateNacked
-			default:
-				st.State = StateStale
-			}
-			ps.Types[typ] = st
-		}
-		out.Proxies = append(out.Proxies, ps)
+		members[n.group]++
+		out.Proxies = append(out.Proxies, s.proxyStatus(n))
 	}
 	for _, g := range s.groups {
 		gs := GroupStatus{
@@ -258,6 +224,120 @@ func (s *Server) SyncStatus() SyncStatus {
 	return out
 }
 
+// proxyStatus describes one live node. Called with mu held.
+func (s *Server) proxyStatus(n *nodeState) ProxyStatus {
+	ps := ProxyStatus{
+		NodeID:   n.id,
+		Workload: n.workload,
+		Flavor:   string(n.flavor),
+		Group:    n.group,
+		Waiting:  n.waiting,
+		Types:    map[string]TypeStatus{},
+	}
+	if n.cert != nil || n.certErr != nil {
+		cs := &CertificateStatus{RenewAt: n.renewAt}
+		if n.cert != nil {
+			cs.SPIFFEID, cs.Serial, cs.NotAfter = n.cert.SPIFFEID, n.cert.Serial, n.cert.NotAfter
+		}
+		if n.certErr != nil {
+			cs.Error = n.certErr.Error()
+		}
+		ps.Certificate = cs
+	}
+	streams := sortedStreams(n)
+	allRefused := true
+	for _, st := range streams {
+		allRefused = allRefused && st.refused != nil
+	}
+	for i, st := range streams {
+		ss := StreamStatus{
+			ID: st.key.id, Delta: st.key.delta, Peer: st.peer, Identity: st.identity.String(),
+			ConnectedAt: st.shownAt, Types: map[string]TypeStatus{},
+		}
+		if st.refused != nil {
+			ss.Refused = st.refused.Error()
+		}
+		if i == 0 {
+			ps.Delta, ps.Peer, ps.Identity, ps.ConnectedAt = ss.Delta, ss.Peer, ss.Identity, ss.ConnectedAt
+			if allRefused {
+				ps.Refused = ss.Refused
+			}
+		}
+		for typ, ts := range st.types {
+			ts := typeStatus(n, typ, ts)
+			ss.Types[typ] = ts
+			// A refused stream gets nothing more; it says nothing about
+			// the node unless it is all the node has.
+			if st.refused != nil && !allRefused {
+				continue
+			}
+			if cur, ok := ps.Types[typ]; !ok || stateRank[ts.State] > stateRank[cur.State] {
+				ps.Types[typ] = ts
+			}
+		}
+		ps.Streams = append(ps.Streams, ss)
+	}
+	return ps
+}
+
+// stateRank orders states from most to least in sync, to merge streams.
+var stateRank = map[string]int{StateSynced: 0, StateNotSent: 1, StateStale: 2, StateNacked: 3}
+
+// sortedStreams returns a node's streams, oldest first.
+func sortedStreams(n *nodeState) []*stream {
+	out := make([]*stream, 0, len(n.streams))
+	for _, st := range n.streams {
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b *stream) int {
+		if c := a.openedAt.Compare(b.openedAt); c != 0 {
+			return c
+		}
+		if a.key.delta != b.key.delta {
+			if a.key.delta {
+				return 1
+			}
+			return -1
+		}
+		return int(a.key.id - b.key.id)
+	})
+	return out
+}
+
+// currentVersion is the version of a type meshd wants the node to have.
+func currentVersion(n *nodeState, typ string) string {
+	snap := n.configSnap
+	if typ == typeSDS {
+		snap = n.secretSnap
+		if !n.secretsSet {
+			snap = nil
+		}
+	}
+	if snap == nil {
+		return ""
+	}
+	return snap.GetVersion(typeURLOf(typ))
+}
+
+// typeStatus rates one stream's exchange of one type.
+func typeStatus(n *nodeState, typ string, ts *typeState) TypeStatus {
+	st := TypeStatus{
+		Current: currentVersion(n, typ), Sent: ts.Sent, Acked: ts.Acked, Nacked: ts.Nacked, NackError: ts.NackError,
+		SentAt: ts.SentAt, AckedAt: ts.AckedAt, NackedAt: ts.NackedAt,
+	}
+	switch {
+	case st.Current == "":
+		st.State = StateNotSent
+	case st.Acked == st.Current:
+		st.State = StateSynced
+	case st.Nacked == st.Current:
+		st.State = StateNacked
+	default:
+		st.State = StateStale
+	}
+	return st
+}
+
 // redacted replaces private keys in the config dump, as Envoy's admin does.
 const redacted = "[redacted]"
 
@@ -267,16 +347,17 @@ const redacted = "[redacted]"
 // whether the proxy ACKed or NACKed the version shown.
 func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 	s.mu.Lock()
-	p := s.nodes[nodeID]
-	if p == nil {
+	n := s.nodes[nodeID]
+	if n == nil || !n.live() {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("no proxy with node ID %q is connected; /debug/syncz lists the connected proxies", nodeID)
 	}
-	cfg, sec := p.configSnap, p.secretSnap
-	states := map[string]typeState{}
-	for typ, ts := range p.types {
-		states[typ] = *ts
+	cfg, sec := n.configSnap, n.secretSnap
+	if !n.secretsSet {
+		sec = nil
 	}
+	// Per type, the state of the stream least in sync, as syncz shows.
+	states := s.proxyStatus(n).Types
 	s.mu.Unlock()
 
 	status := func(typ, version string) (adminv3.ClientResourceStatus, *timestamppb.Timestamp) {

@@ -9,6 +9,7 @@ import (
 // minimesh_ prefix.
 type metrics struct {
 	connected      prometheus.Gauge
+	streams        prometheus.Gauge
 	pushes         *prometheus.CounterVec
 	pushBuild      prometheus.Histogram
 	debounce       prometheus.Histogram
@@ -28,7 +29,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "minimesh_xds_connected_proxies",
-			Help: "Proxies with an open ADS stream whose node ID has been accepted.",
+			Help: "Proxies (distinct node IDs) with at least one open ADS stream whose node ID has been accepted.",
+		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "minimesh_xds_streams",
+			Help: "Open ADS streams, accepted or not; a proxyless workload under meshctl agent holds several.",
 		}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_xds_pushes_total",
@@ -59,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_xds_rejected_streams_total",
-			Help: "ADS streams refused, by reason (node_id, unauthenticated, permission_denied).",
+			Help: "ADS streams refused, by reason (node_id, unauthenticated, auth_unavailable, permission_denied).",
 		}, []string{"reason"}),
 		certsIssued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_ca_certificates_issued_total",
@@ -75,7 +80,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.connected, m.pushes, m.pushBuild, m.debounce, m.convergence, m.nacks,
+		m.connected, m.streams, m.pushes, m.pushBuild, m.debounce, m.convergence, m.nacks,
 		m.configErrors, m.rejected, m.certsIssued, m.rootExpiry, m.workloadExpiry,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -36,9 +36,9 @@ type trigger struct {
 	at      time.Time // zero when the version was not caused by a change
 }
 
-// target is one proxy to publish to, resolved against the model.
+// target is one node to publish to, resolved against the model.
 type target struct {
-	p        *proxy
+	n        *nodeState
 	workload *model.Workload
 	key      string
 	identity auth.Identity
@@ -53,21 +53,35 @@ type built struct {
 	err      *configError
 }
 
-// connect publishes to proxies that have just sent their first request.
-// When many connect at once (meshd restarts, a node boots) the first
-// connect to get buildMu serves all of them, translating their groups in
-// parallel; the others then find nothing left to do.
+// connect publishes to nodes that have just sent their first request, or
+// have just asked for secrets. When many connect at once (meshd restarts, a
+// node boots) the first connect to get buildMu serves all of them,
+// translating their groups in parallel; the others then find nothing left
+// to do.
 func (s *Server) connect() {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
+	// From here on a new request needs a new connect: this one may have
+	// read the nodes already.
+	s.connectQueued.Store(false)
 	s.mu.Lock()
 	m := s.model
 	s.mu.Unlock()
 	s.syncLocked(m, true, time.Time{})
 }
 
-// sync brings every bound proxy up to date with model m. changedAt is when
-// the change being pushed happened.
+// requestConnect runs connect in the background unless one is already
+// waiting for buildMu, which will serve this request too. When a thousand
+// proxies connect at once (meshd restarted) this turns a thousand connects,
+// each scanning every node, into a handful.
+func (s *Server) requestConnect() {
+	if s.connectQueued.CompareAndSwap(false, true) {
+		go s.connect()
+	}
+}
+
+// sync brings every node up to date with model m. changedAt is when the
+// change being pushed happened.
 func (s *Server) sync(m *model.Snapshot, changedAt time.Time) {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
@@ -76,39 +90,51 @@ func (s *Server) sync(m *model.Snapshot, changedAt time.Time) {
 	s.resources.sweep()
 }
 
-// syncLocked publishes model m to every bound proxy, or with newOnly to
-// those not published to yet (which reuse their group's snapshot when
-// there is one). Called with buildMu held.
+// syncLocked publishes model m to every node with an open stream, or with
+// newOnly to those that need it (see needsWork; they reuse their group's
+// snapshot when there is one). Called with buildMu held.
 func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time) {
 
-	// 1. Resolve proxies to workloads and groups.
+	// 1. Resolve nodes to workloads and groups, and check every stream's
+	// token against the pod before anything is published to the node.
 	s.mu.Lock()
 	var targets []target
 	need := map[string]translate.Proxy{}
-	for _, p := range s.streams {
-		if !p.bound || p.refused != nil || newOnly && p.published {
+	for _, n := range s.nodes {
+		if !n.live() || newOnly && !s.needsWork(n) {
 			continue
 		}
 		var w *model.Workload
 		if m != nil {
-			w = m.Workload(p.node.Namespace, p.node.Pod)
+			w = m.Workload(n.parsed.Namespace, n.parsed.Pod)
 		}
 		if w == nil {
-			// Unknown pod: keep the stream open and whatever it already
-			// has; the push that brings the pod will serve it.
-			p.waiting = true
+			// Unknown pod: keep the streams open and whatever they
+			// already have; the push that brings the pod will serve it.
+			n.waiting = true
 			continue
 		}
-		id, err := auth.Authorize(p.identity, p.node, w.ServiceAccount)
-		if err != nil {
-			p.refused = refusal(err)
-			s.m.rejected.WithLabelValues("permission_denied").Inc()
-			s.log.Warn("refusing configuration and secrets to a proxy whose token does not match its pod; its stream ends at its next request", append(p.logAttrs(), "error", err)...)
+		for _, st := range n.streams {
+			if st.refused != nil {
+				continue
+			}
+			id, err := auth.Authorize(st.identity, n.parsed, w.ServiceAccount)
+			if err != nil {
+				st.refused = refusal(err)
+				st.authorized = false
+				s.m.rejected.WithLabelValues("permission_denied").Inc()
+				s.log.Warn("refusing configuration and secrets to a proxy stream whose token does not match its pod; the stream ends at its next request", append(st.logAttrs(), "error", err)...)
+				continue
+			}
+			st.authorized, st.authorizedAs = true, id
+		}
+		id, ok := n.authorizedIdentity()
+		if !ok {
 			continue
 		}
-		px := translate.ProxyFor(p.flavor, w)
+		px := translate.ProxyFor(n.flavor, w)
 		key := px.Key()
-		targets = append(targets, target{p: p, workload: w, key: key, identity: id})
+		targets = append(targets, target{n: n, workload: w, key: key, identity: id})
 		if !newOnly || s.groups[key] == nil || s.groups[key].snap == nil {
 			need[key] = px
 		}
@@ -118,12 +144,12 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	// 2. Translate each group once, in parallel; translation is pure.
 	results := s.build(m, need)
 
-	// 3. Install what passed; decide what each proxy gets.
+	// 3. Install what passed; decide what each node gets.
 	type setSnap struct {
 		nodeID string
 		snap   *cachev3.Snapshot
 	}
-	var sets []setSnap
+	var sets, secretSets []setSnap
 	var issue []target
 	s.mu.Lock()
 	now := s.now()
@@ -153,26 +179,37 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		g.snap, g.builtAt, g.problems, g.err = r.snap, now, r.problems, nil
 	}
 	for _, t := range targets {
-		p := t.p
-		if s.streams[p.key] != p {
-			continue // closed meanwhile
+		n := t.n
+		if !n.live() || s.nodes[n.id] != n {
+			continue // gone meanwhile
 		}
-		p.waiting, p.published = false, true
-		p.workload = t.workload.Namespace + "/" + t.workload.Name
-		p.group = t.key
-		if g := s.groups[t.key]; g != nil && g.snap != nil && p.configSnap != g.snap {
-			p.configSnap = g.snap
-			sets = append(sets, setSnap{p.nodeID, g.snap})
+		n.waiting, n.published = false, true
+		n.workload = t.workload.Namespace + "/" + t.workload.Name
+		n.group = t.key
+		if g := s.groups[t.key]; g != nil && g.snap != nil && n.configSnap != g.snap {
+			n.configSnap = g.snap
+			sets = append(sets, setSnap{n.id, g.snap})
 		}
-		if s.opts.CA != nil && (p.cert == nil || p.certFor != t.identity) {
+		if s.opts.CA == nil || !n.wantsSecrets {
+			continue
+		}
+		switch {
+		case n.cert == nil || n.certFor != t.identity || !now.Before(n.renewAt):
 			issue = append(issue, t)
+		case !n.secretsSet:
+			// A node back within its grace period: serve the
+			// certificate it had.
+			n.secretsSet = true
+			secretSets = append(secretSets, setSnap{n.id, n.secretSnap})
 		}
 	}
 	if !newOnly {
 		// Forget groups nobody uses any more.
 		used := map[string]bool{}
-		for _, p := range s.streams {
-			used[p.group] = true
+		for _, n := range s.nodes {
+			if n.live() {
+				used[n.group] = true
+			}
 		}
 		for k := range s.groups {
 			if !used[k] {
@@ -188,8 +225,23 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 			s.log.Error("publishing a snapshot failed", "node", set.nodeID, "error", err)
 		}
 	}
+	for _, set := range secretSets {
+		if err := s.secrets.SetSnapshot(context.Background(), set.nodeID, set.snap); err != nil {
+			s.log.Error("publishing secrets failed", "node", set.nodeID, "error", err)
+		}
+	}
+	if len(sets)+len(secretSets) > 0 {
+		// A resuming delta proxy may already hold what was just set.
+		s.mu.Lock()
+		for _, t := range targets {
+			for _, st := range t.n.streams {
+				s.resyncLocked(st)
+			}
+		}
+		s.mu.Unlock()
+	}
 	for _, t := range issue {
-		s.issue(t.p, t.identity)
+		s.issue(t.n, t.identity)
 	}
 }
 
@@ -244,24 +296,25 @@ func (s *Server) buildGroup(m *model.Snapshot, b built) built {
 	return b
 }
 
-// issue gives a proxy a fresh certificate for id and publishes its secrets.
-// Called with buildMu held.
-func (s *Server) issue(p *proxy, id auth.Identity) {
+// issue gives a node a fresh certificate for id and publishes its secrets
+// to every stream of the node watching them. Called with buildMu held.
+func (s *Server) issue(n *nodeState, id auth.Identity) {
 	cert, err := s.opts.CA.Issue(id.Namespace, id.ServiceAccount)
 	var snap *cachev3.Snapshot
 	if err == nil {
 		snap, err = versionedSnapshot(secretResources(cert.ChainPEM, cert.KeyPEM, s.opts.CA.RootPEM()),
-			(*resourceTable)(nil).check) // secrets are per proxy: nothing to share
+			(*resourceTable)(nil).check) // secrets are per node: nothing to share
 	}
 	s.mu.Lock()
-	live := s.streams[p.key] == p
+	live := n.live() && s.nodes[n.id] == n
 	if err != nil {
-		p.certErr, p.certFor = err, id
+		n.certErr, n.certFor = err, id
 		// Try again soon; a CA error is usually a file being replaced.
-		p.renewAt = s.now().Add(certRetry)
+		n.renewAt = s.now().Add(certRetry)
+		attrs := []any{"node", n.id, "identity", id.String(), "error", err}
 		s.mu.Unlock()
 		s.m.configErrors.WithLabelValues(errCertificate).Inc()
-		s.log.Error("issuing a workload certificate failed; retrying", append(p.logAttrs(), "identity", id.String(), "error", err)...)
+		s.log.Error("issuing a workload certificate failed; retrying", attrs...)
 		s.kickRenewal()
 		return
 	}
@@ -271,15 +324,14 @@ func (s *Server) issue(p *proxy, id auth.Identity) {
 	}
 	meta := *cert
 	meta.KeyPEM = nil // the debug API never needs it; the cache holds the secret
-	p.cert, p.certFor, p.certErr, p.secretSnap = &meta, id, nil, snap
-	p.renewAt = cert.RenewAt()
-	nodeID := p.nodeID
+	n.cert, n.certFor, n.certErr, n.secretSnap, n.secretsSet = &meta, id, nil, snap, true
+	n.renewAt = cert.RenewAt()
 	s.mu.Unlock()
-	if err := s.secrets.SetSnapshot(context.Background(), nodeID, snap); err != nil {
-		s.log.Error("publishing secrets failed", "node", nodeID, "error", err)
+	if err := s.secrets.SetSnapshot(context.Background(), n.id, snap); err != nil {
+		s.log.Error("publishing secrets failed", "node", n.id, "error", err)
 	}
 	s.m.certsIssued.Inc()
-	s.log.Info("issued workload certificate", append(p.logAttrs(), "spiffe_id", cert.SPIFFEID, "serial", cert.Serial, "not_after", cert.NotAfter)...)
+	s.log.Info("issued workload certificate", "node", n.id, "spiffe_id", cert.SPIFFEID, "serial", cert.Serial, "not_after", cert.NotAfter)
 	s.updateWorkloadExpiry()
 	s.kickRenewal()
 }
@@ -316,8 +368,10 @@ func (s *Server) renewLoop(ctx context.Context) {
 	}
 }
 
-// renewDue re-issues every certificate whose renewal time has come and
-// returns the earliest renewal time still ahead (zero if none).
+// renewDue re-issues every certificate whose renewal time has come, once
+// per node whatever its number of streams, drops the certificates of nodes
+// gone longer than their grace period, and returns the earliest of those
+// times still ahead (zero if none).
 func (s *Server) renewDue() time.Time {
 	if s.opts.CA == nil {
 		return time.Time{}
@@ -327,23 +381,36 @@ func (s *Server) renewDue() time.Time {
 	s.mu.Lock()
 	now := s.now()
 	var due []target
-	for _, p := range s.streams {
-		if p.renewAt.IsZero() || now.Before(p.renewAt) || p.refused != nil {
+	for id, n := range s.nodes {
+		if !n.live() {
+			if !n.keepUntil.IsZero() && !now.Before(n.keepUntil) {
+				delete(s.nodes, id)
+			}
 			continue
 		}
+		if n.renewAt.IsZero() || now.Before(n.renewAt) {
+			continue
+		}
+		if _, ok := n.authorizedIdentity(); !ok {
+			continue // every stream refused: nothing to renew for
+		}
 		// Renewal, or a retry after a failed issue.
-		due = append(due, target{p: p, identity: p.certFor})
+		due = append(due, target{n: n, identity: n.certFor})
 	}
 	s.mu.Unlock()
 	for _, t := range due {
-		s.issue(t.p, t.identity)
+		s.issue(t.n, t.identity)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var next time.Time
-	for _, p := range s.streams {
-		if !p.renewAt.IsZero() && (next.IsZero() || p.renewAt.Before(next)) {
-			next = p.renewAt
+	for _, n := range s.nodes {
+		at := n.renewAt
+		if !n.live() {
+			at = n.keepUntil
+		}
+		if !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
 		}
 	}
 	return next
@@ -353,9 +420,9 @@ func (s *Server) renewDue() time.Time {
 func (s *Server) updateWorkloadExpiry() {
 	s.mu.Lock()
 	var first time.Time
-	for _, p := range s.streams {
-		if p.cert != nil && (first.IsZero() || p.cert.NotAfter.Before(first)) {
-			first = p.cert.NotAfter
+	for _, n := range s.nodes {
+		if n.live() && n.cert != nil && (first.IsZero() || n.cert.NotAfter.Before(first)) {
+			first = n.cert.NotAfter
 		}
 	}
 	s.mu.Unlock()

@@ -6,16 +6,25 @@
 // snapshot; a debouncer merges bursts; each push translates the model once
 // per proxy group (replicas of one workload share a translation), checks the
 // result, and publishes it. A group whose new resources fail a check keeps
-// serving its last good snapshot. Secrets are per proxy: each proxy gets its
-// own certificate from the CA over SDS on the same stream, renewed at half
-// its lifetime.
+// serving its last good snapshot. Secrets are per proxy: each proxy (node
+// ID) gets its own certificate from the CA over SDS on the same stream,
+// renewed at half its lifetime.
+//
+// A proxy may hold several streams at once under one node ID: a proxyless
+// workload under meshctl agent has the agent's SDS stream and one stream
+// per gRPC xDS client, for hours. So the server keeps two levels of state:
+// per stream the exchange (what was sent, ACKed, NACKed), per node the
+// workload, group, snapshots and certificate. The certificate is issued
+// when the first stream of a node asks for SDS, shared by all of them,
+// renewed once per node, and kept for a short grace period after the last
+// stream closes so that a reconnect gets the same one.
 //
 // Two snapshot caches sit behind one MuxCache: one for listeners, routes,
 // clusters and endpoints, one for secrets. Both are keyed by node ID, not by
 // group: a proxy's entry in the config cache points at its group's shared,
 // immutable snapshot, so memory and translation are still per group. Keying
-// by node keeps a proxy's open watches in one place whatever happens to its
-// group: a proxy whose pod is not known yet simply has no snapshot (its
+// by node keeps all of a proxy's open watches, on all its streams, in one
+// place whatever happens to its group: a proxy whose pod is not known yet simply has no snapshot (its
 // watches stay open, SOTW and delta alike), and a pod whose labels change
 // moves to another group without any watch being stranded under the old
 // group's key. Setting the same snapshot again is free: go-control-plane
@@ -102,6 +111,8 @@ type Server struct {
 	renewKick chan struct{}
 	ready     atomic.Bool
 	served    atomic.Bool
+	// connectQueued is set while a connect waits for buildMu.
+	connectQueued atomic.Bool
 	// pushesDone counts completed pushes, so tests can wait for one.
 	pushesDone atomic.Uint64
 
@@ -117,8 +128,10 @@ type Server struct {
 	mu      sync.Mutex
 	model   *model.Snapshot
 	groups  map[string]*group
-	streams map[streamKey]*proxy
-	nodes   map[string]*proxy // node ID → its most recent stream
+	streams map[streamKey]*stream
+	// nodes holds every node with an open stream, and for a grace period
+	// the certificate of nodes whose last stream closed.
+	nodes map[string]*nodeState
 }
 
 // New checks opts and builds a Server; nothing is served until Run.
@@ -171,8 +184,8 @@ func New(opts Options) (*Server, error) {
 		events:    make(chan event, 64),
 		renewKick: make(chan struct{}, 1),
 		groups:    map[string]*group{},
-		streams:   map[streamKey]*proxy{},
-		nodes:     map[string]*proxy{},
+		streams:   map[streamKey]*stream{},
+		nodes:     map[string]*nodeState{},
 	}
 	// ads=false on purpose: in ADS mode the snapshot cache only answers a
 	// request that names every resource of the type, which suits Envoy but
@@ -194,7 +207,7 @@ func New(opts Options) (*Server, error) {
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl()) },
 		Caches:        map[string]cachev3.Cache{"config": s.config, typeSDS: s.secrets},
 	}
-	s.cache = &nackGuard{Cache: mux, s: s}
+	s.cache = mux
 	if opts.CA != nil {
 		m.rootExpiry.Set(float64(opts.CA.RootExpiry().Unix()))
 	}

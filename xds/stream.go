@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/config"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
@@ -30,9 +33,12 @@ type streamKey struct {
 	id    int64
 }
 
-// proxy is what the server knows about one ADS stream. Fields are guarded
-// by Server.mu.
-type proxy struct {
+// stream is what the server knows about one ADS stream. A node may have
+// several at once (a proxyless workload under meshctl agent has the agent's
+// SDS stream plus one per gRPC xDS client), so everything that belongs to
+// the proxy rather than to the exchange lives in its nodeState. Fields are
+// guarded by Server.mu.
+type stream struct {
 	key      streamKey
 	identity auth.Identity // what the stream's token proved
 	peer     string
@@ -40,12 +46,37 @@ type proxy struct {
 	shownAt  time.Time // Options.Now, for the debug API
 
 	// Set by the first request.
-	bound  bool
-	nodeID string
-	node   auth.NodeID
-	flavor translate.Flavor
-	// refused, once set, ends the stream at its next request.
+	bound bool
+	node  *nodeState
+	// refused, once set, ends the stream at its next request or response.
 	refused error
+	// authorized is set once auth.Authorize accepted this stream's token
+	// for its node's pod; authorizedAs is the identity it returned. Only
+	// such a stream may receive the node's secrets.
+	authorized   bool
+	authorizedAs auth.Identity
+
+	types map[string]*typeState // by short type name
+	sent  []sentResponse        // recent responses, for matching ACKs by nonce
+}
+
+// nodeState is one proxy: every stream with one node ID. Configuration and
+// secrets are cached per node, and the workload certificate is issued per
+// node, so N streams of a proxy share one snapshot and one key pair.
+// Guarded by Server.mu, except where noted.
+type nodeState struct {
+	id     string
+	parsed auth.NodeID
+	flavor translate.Flavor
+	// streams are the node's open, bound streams. When the last one
+	// closes the node is forgotten, except its certificate, which is kept
+	// until keepUntil so that a quick reconnect gets the same one.
+	streams   map[streamKey]*stream
+	keepUntil time.Time // zero while streams are open
+
+	// wantsSecrets is set by the first SDS request of any of its streams:
+	// a certificate is issued only for a node that asks for one.
+	wantsSecrets bool
 
 	// Set when publishing.
 	published  bool   // its pod has been resolved and published to once
@@ -53,17 +84,42 @@ type proxy struct {
 	waiting    bool   // the pod is not (or no longer) known
 	group      string
 	configSnap *cachev3.Snapshot // what the config cache holds for this node
-	secretSnap *cachev3.Snapshot
+	secretSnap *cachev3.Snapshot // its secrets; in the secrets cache when secretsSet
+	secretsSet bool
 	cert       *ca.Certificate // without its key once published
 	certFor    auth.Identity
 	renewAt    time.Time // next certificate issue (renewal or retry)
 	certErr    error
-
-	types map[string]*typeState // by short type name
-	sent  []sentResponse        // recent responses, for matching ACKs by nonce
 }
 
-// typeState tracks one type's exchange with one proxy.
+// live reports whether the node has an open stream.
+func (n *nodeState) live() bool { return len(n.streams) > 0 }
+
+// authorizedIdentity is the identity the node's streams proved for its pod,
+// and whether any did. Authorize returns the same identity for every token
+// it accepts for one pod, so the first is as good as any.
+func (n *nodeState) authorizedIdentity() (auth.Identity, bool) {
+	for _, st := range n.streams {
+		if st.authorized && st.refused == nil {
+			return st.authorizedAs, true
+		}
+	}
+	return auth.Identity{}, false
+}
+
+// needsWork reports whether connect has something to do for a node: publish
+// to it for the first time, or give it secrets it asked for.
+func (s *Server) needsWork(n *nodeState) bool {
+	if !n.live() {
+		return false
+	}
+	if !n.published {
+		return true
+	}
+	return s.opts.CA != nil && n.wantsSecrets && !n.secretsSet && n.certErr == nil
+}
+
+// typeState tracks one type's exchange with one stream.
 type typeState struct {
 	Sent, Acked, Nacked string
 	NackError           string
@@ -76,6 +132,17 @@ type typeState struct {
 	reported map[string]bool
 	// converged is the last version whose convergence was measured.
 	converged string
+	// claim is what a delta stream said it already holds when it first
+	// subscribed (initial_resource_versions, after a reconnect or a meshd
+	// restart), until something is sent. When it matches what the node is
+	// served the cache sends nothing, so the match itself is the ACK.
+	claim *deltaClaim
+}
+
+// deltaClaim is a delta stream's initial subscription of one type.
+type deltaClaim struct {
+	names    []string          // subscribed names; nil means wildcard
+	versions map[string]string // initial_resource_versions
 }
 
 type sentResponse struct {
@@ -86,36 +153,83 @@ type sentResponse struct {
 // response promptly, so only the last few can still be ACKed or NACKed.
 const maxSentTracked = 32
 
-func (p *proxy) typeState(typ string) *typeState {
-	ts := p.types[typ]
+func (st *stream) typeState(typ string) *typeState {
+	ts := st.types[typ]
 	if ts == nil {
 		ts = &typeState{}
-		p.types[typ] = ts
+		st.types[typ] = ts
 	}
 	return ts
 }
 
-func (p *proxy) takeNonce(nonce string) (sentResponse, bool) {
-	for i, r := range p.sent {
+func (st *stream) takeNonce(nonce string) (sentResponse, bool) {
+	for i, r := range st.sent {
 		if r.nonce == nonce {
-			p.sent = append(p.sent[:i], p.sent[i+1:]...)
+			st.sent = append(st.sent[:i], st.sent[i+1:]...)
 			return r, true
 		}
 	}
 	return sentResponse{}, false
 }
 
-func (p *proxy) logAttrs() []any {
-	attrs := []any{"node", p.nodeID}
-	if p.key.delta {
+func (st *stream) nodeID() string {
+	if st.node == nil {
+		return ""
+	}
+	return st.node.id
+}
+
+func (st *stream) logAttrs() []any {
+	attrs := []any{"node", st.nodeID()}
+	if st.key.delta {
 		attrs = append(attrs, "delta", true)
 	}
 	return attrs
 }
 
-// identityKey carries the authenticated identity from the gRPC handler to
-// the stream-open callback.
+// identityKey carries the authenticated identity and the stream's gate from
+// the gRPC handler to the stream-open callback.
 type identityKey struct{}
+
+type streamContext struct {
+	identity auth.Identity
+	gate     *streamGate
+}
+
+// streamGate sits between go-control-plane and the gRPC stream and checks
+// every response just before it is written. The caches are keyed by node
+// ID, so a watch of one stream is answered with what another stream of the
+// same node caused; the gate makes sure that a refused stream gets nothing
+// more, and that secrets go only to a stream whose own token was accepted
+// for the node's pod.
+type streamGate struct {
+	s  *Server
+	st *stream // set by openStream; guarded by Server.mu
+}
+
+// errNotAuthorizedYet ends a stream that would receive secrets before
+// meshd has matched its token to its pod. It can only happen in a race
+// (the pod vanished from discovery as the stream connected); the client
+// reconnects and is checked afresh.
+var errNotAuthorizedYet = status.Error(codes.Unavailable, "minimesh has not yet matched this stream's token to its pod, so it may not receive the pod's secrets; reconnect")
+
+func (g *streamGate) check(typeURL string) error {
+	g.s.mu.Lock()
+	defer g.s.mu.Unlock()
+	st := g.st
+	if st == nil {
+		return status.Error(codes.Internal, "minimesh lost track of this stream; reconnect")
+	}
+	if st.refused != nil {
+		return st.refused
+	}
+	if typeURL == resourcev3.SecretType {
+		if n := st.node; n == nil || !st.authorized || st.authorizedAs != n.certFor {
+			return errNotAuthorizedYet
+		}
+	}
+	return nil
+}
 
 // adsService authenticates each stream before handing it to
 // go-control-plane's server: the token is in the stream's metadata, which
@@ -126,38 +240,54 @@ type adsService struct {
 }
 
 func (a *adsService) StreamAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	ctx, err := a.s.authenticate(st.Context())
+	ctx, gate, err := a.s.authenticate(st.Context())
 	if err != nil {
 		return err
 	}
-	return a.xds.StreamAggregatedResources(sotwStream{st, ctx})
+	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate})
 }
 
 func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	ctx, err := a.s.authenticate(st.Context())
+	ctx, gate, err := a.s.authenticate(st.Context())
 	if err != nil {
 		return err
 	}
-	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx})
+	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate})
 }
 
 type sotwStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
-	ctx context.Context
+	ctx  context.Context
+	gate *streamGate
 }
 
 func (s sotwStream) Context() context.Context { return s.ctx }
 
+func (s sotwStream) Send(r *discoveryv3.DiscoveryResponse) error {
+	if err := s.gate.check(r.GetTypeUrl()); err != nil {
+		return err
+	}
+	return s.BidiStreamingServer.Send(r)
+}
+
 type deltaStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
-	ctx context.Context
+	ctx  context.Context
+	gate *streamGate
 }
 
 func (s deltaStream) Context() context.Context { return s.ctx }
 
+func (s deltaStream) Send(r *discoveryv3.DeltaDiscoveryResponse) error {
+	if err := s.gate.check(r.GetTypeUrl()); err != nil {
+		return err
+	}
+	return s.BidiStreamingServer.Send(r)
+}
+
 // authenticate checks the stream's bearer token and returns a context
-// carrying the identity it proves.
-func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+// carrying the identity it proves, and the stream's gate.
+func (s *Server) authenticate(ctx context.Context) (context.Context, *streamGate, error) {
 	a := s.opts.Authenticator
 	var id auth.Identity
 	var err error
@@ -172,21 +302,33 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
 		}
 	}
 	if err != nil {
-		s.m.rejected.WithLabelValues("unauthenticated").Inc()
+		reason := "unauthenticated"
+		if errors.Is(err, auth.ErrUnavailable) {
+			reason = "auth_unavailable"
+		}
+		s.m.rejected.WithLabelValues(reason).Inc()
 		s.log.Warn("refused an xDS stream", "peer", peerAddr(ctx), "error", err)
-		return nil, refusal(err)
+		return nil, nil, refusal(err)
 	}
-	return context.WithValue(ctx, identityKey{}, id), nil
+	gate := &streamGate{s: s}
+	return context.WithValue(ctx, identityKey{}, streamContext{identity: id, gate: gate}), gate, nil
 }
 
 // refusal is the gRPC status a refused stream ends with.
 func refusal(err error) error {
+	if errors.Is(err, auth.ErrUnavailable) {
+		return status.Errorf(codes.Unavailable, "minimesh cannot check the xDS stream's credentials right now; retry: %v", err)
+	}
 	return status.Errorf(grpcCode(err), "minimesh refused the xDS stream: %v", err)
 }
 
-// grpcCode maps auth's error classes to gRPC status codes.
+// grpcCode maps auth's error classes to gRPC status codes. Unavailable
+// comes first: an authenticator that could not decide has refused nothing,
+// and the client must retry.
 func grpcCode(err error) codes.Code {
 	switch {
+	case errors.Is(err, auth.ErrUnavailable):
+		return codes.Unavailable
 	case errors.Is(err, auth.ErrBadNodeID):
 		return codes.InvalidArgument
 	case errors.Is(err, auth.ErrPermissionDenied):
@@ -217,10 +359,14 @@ func (s *Server) callbacks() serverv3.CallbackFuncs {
 		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.closeStream(streamKey{id: id}) },
 		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.closeStream(streamKey{delta: true, id: id}) },
 		StreamRequestFunc: func(id int64, r *discoveryv3.DiscoveryRequest) error {
-			return s.onRequest(streamKey{id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+			return s.onRequest(streamKey{id: id}, r.GetNode(), request{
+				typeURL: r.GetTypeUrl(), nonce: r.GetResponseNonce(), nack: r.GetErrorDetail(), sotw: r,
+			})
 		},
 		StreamDeltaRequestFunc: func(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-			return s.onRequest(streamKey{delta: true, id: id}, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetErrorDetail())
+			return s.onRequest(streamKey{delta: true, id: id}, r.GetNode(), request{
+				typeURL: r.GetTypeUrl(), nonce: r.GetResponseNonce(), nack: r.GetErrorDetail(), delta: r,
+			})
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
 			s.onResponse(streamKey{id: id}, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo())
@@ -235,65 +381,92 @@ func (s *Server) callbacks() serverv3.CallbackFuncs {
 }
 
 func (s *Server) openStream(ctx context.Context, key streamKey) {
-	id, _ := ctx.Value(identityKey{}).(auth.Identity)
-	p := &proxy{
+	sc, _ := ctx.Value(identityKey{}).(streamContext)
+	st := &stream{
 		key:      key,
-		identity: id,
+		identity: sc.identity,
 		peer:     peerAddr(ctx),
 		openedAt: time.Now(),
 		shownAt:  s.now(),
 		types:    map[string]*typeState{},
 	}
 	s.mu.Lock()
-	s.streams[key] = p
+	s.streams[key] = st
+	if sc.gate != nil {
+		sc.gate.st = st
+	}
 	s.mu.Unlock()
+	s.m.streams.Inc()
+}
+
+// request is what onRequest needs of a SOTW or delta request; exactly one
+// of sotw and delta is set.
+type request struct {
+	typeURL, nonce string
+	nack           *statuspb.Status
+	sotw           *discoveryv3.DiscoveryRequest
+	delta          *discoveryv3.DeltaDiscoveryRequest
 }
 
 // onRequest runs for every request before go-control-plane acts on it. The
 // first request binds the stream to a node; later ones ACK or NACK what
 // was sent. A returned error ends the stream with that status.
-func (s *Server) onRequest(key streamKey, node *corev3.Node, typeURL, nonce string, nack *statuspb.Status) error {
+func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error {
 	s.mu.Lock()
-	p := s.streams[key]
-	if p == nil {
+	st := s.streams[key]
+	if st == nil {
 		s.mu.Unlock()
 		return status.Error(codes.Internal, "minimesh lost track of this stream; reconnect")
 	}
-	if p.refused != nil {
-		err := p.refused
+	if st.refused != nil {
+		err := st.refused
 		s.mu.Unlock()
 		return err
 	}
-	if !p.bound {
-		if err := s.bind(p, node); err != nil {
+	kick := false
+	if !st.bound {
+		if err := s.bind(st, node); err != nil {
 			s.mu.Unlock()
 			return err
 		}
-		p.typeState(shortType(typeURL))
-		s.mu.Unlock()
-		// Publishing needs buildMu and may translate: do it off the
-		// stream's goroutine. Until it is done the watches simply wait.
-		go s.connect()
-		return nil
+		kick = true
 	}
+	n := st.node
+	typ := shortType(req.typeURL)
 	// Every type the proxy asks for is listed in syncz, even before a
 	// response exists for it.
-	p.typeState(shortType(typeURL))
-	if nonce == "" {
+	ts := st.typeState(typ)
+	if req.typeURL == resourcev3.SecretType && !n.wantsSecrets {
+		n.wantsSecrets = true
+		kick = true
+	}
+	s.noteClaim(st, ts, req)
+	if kick {
+		s.mu.Unlock()
+		// Publishing needs buildMu and may translate or issue a
+		// certificate: do it off the stream's goroutine. Until it is
+		// done the watches simply wait.
+		s.requestConnect()
+		return nil
+	}
+	if req.nonce == "" {
 		s.mu.Unlock()
 		return nil
 	}
-	sent, ok := p.takeNonce(nonce)
+	sent, ok := st.takeNonce(req.nonce)
 	if !ok {
 		// A nonce from before a restart, or one already answered.
 		s.mu.Unlock()
 		return nil
 	}
-	ts := p.typeState(sent.typ)
+	ts = st.typeState(sent.typ)
 	now := s.now()
-	if nack != nil {
-		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, nack.GetMessage(), now
+	if req.nack != nil {
+		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, req.nack.GetMessage(), now
 		ts.nackPending = ts.Sent == sent.version
+		if ts.nackPending && req.sotw != nil {
+			guardNack(req.sotw, sent.version)
+		}
 		if ts.reported == nil {
 			ts.reported = map[string]bool{}
 		}
@@ -304,7 +477,7 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, typeURL, nonce stri
 			}
 			ts.reported[sent.version] = true
 		}
-		attrs := append(p.logAttrs(), "type", sent.typ, "version", sent.version, "error", nack.GetMessage())
+		attrs := append(st.logAttrs(), "type", sent.typ, "version", sent.version, "error", req.nack.GetMessage())
 		s.mu.Unlock()
 		if first {
 			s.m.nacks.WithLabelValues(sent.typ).Inc()
@@ -317,8 +490,8 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, typeURL, nonce stri
 		ts.nackPending = false
 	}
 	var converged time.Duration
-	if g := s.groups[p.group]; g != nil && ts.converged != sent.version {
-		if tr, ok := g.triggers[sent.typ]; ok && tr.version == sent.version && tr.at.After(p.openedAt) {
+	if g := s.groups[n.group]; g != nil && ts.converged != sent.version {
+		if tr, ok := g.triggers[sent.typ]; ok && tr.version == sent.version && tr.at.After(st.openedAt) {
 			converged = time.Since(tr.at)
 			ts.converged = sent.version
 		}
@@ -330,14 +503,108 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, typeURL, nonce stri
 	return nil
 }
 
+// noteClaim records what a request says the proxy already holds, so that a
+// proxy resuming after a reconnect or a meshd restart shows as SYNCED when
+// it already has the current version (the cache then rightly sends
+// nothing). A SOTW request's version_info is by definition the last
+// version the proxy accepted on this stream, so it is an ACK of that
+// version whatever the nonce. A delta stream's first request of a type
+// lists the resource versions it holds; whether they add up to the current
+// version is decided against the node's snapshot (resyncLocked). It also
+// keeps a NACKed version from being re-sent on a later request of the type.
+// Called with mu held.
+func (s *Server) noteClaim(st *stream, ts *typeState, req request) {
+	switch {
+	case req.sotw != nil:
+		if v := req.sotw.GetVersionInfo(); v != "" && ts.Acked != v {
+			ts.Acked, ts.AckedAt = v, s.now()
+		}
+		if ts.nackPending && ts.Nacked != "" {
+			guardNack(req.sotw, ts.Nacked)
+		}
+	case req.delta != nil:
+		if req.nonce != "" || ts.Sent != "" || len(req.delta.GetInitialResourceVersions()) == 0 {
+			return
+		}
+		var names []string
+		if sub := req.delta.GetResourceNamesSubscribe(); len(sub) > 0 && !slices.Contains(sub, "*") {
+			names = slices.Clone(sub)
+		}
+		ts.claim = &deltaClaim{names: names, versions: maps.Clone(req.delta.GetInitialResourceVersions())}
+		s.resyncLocked(st)
+	}
+}
+
+// guardNack stops go-control-plane's snapshot cache from re-sending a
+// version a SOTW proxy has just rejected. A NACK carries the last version
+// the proxy accepted; the cache sees that it differs from the snapshot and
+// answers at once with the same rejected version, which the proxy NACKs
+// again, in a tight loop. Presenting the request as if it carried the
+// rejected version makes the cache wait until the snapshot actually
+// changes. The request is the one go-control-plane passes to the cache
+// right after this callback, per stream, so one stream's NACK never holds
+// back another stream of the same node. Delta needs no guard: the server
+// records what it sent when it sends it, so a NACK finds nothing new to
+// send.
+func guardNack(r *discoveryv3.DiscoveryRequest, rejected string) {
+	r.VersionInfo = rejected
+}
+
+// resyncLocked turns matching delta claims of a stream into ACKs. Called
+// with mu held, whenever a claim is made or the node's snapshots change.
+func (s *Server) resyncLocked(st *stream) {
+	n := st.node
+	if n == nil {
+		return
+	}
+	for typ, ts := range st.types {
+		if ts.claim == nil || ts.Sent != "" {
+			ts.claim = nil
+			continue
+		}
+		snap, typeURL := n.configSnap, typeURLOf(typ)
+		if typ == typeSDS {
+			snap = n.secretSnap
+			if !n.secretsSet {
+				snap = nil
+			}
+		}
+		if snap == nil || typeURL == "" {
+			continue
+		}
+		if ts.claim.holds(snap.VersionMap[typeURL]) {
+			ts.Acked, ts.AckedAt = snap.GetVersion(typeURL), s.now()
+			ts.claim = nil
+		}
+	}
+}
+
+// holds reports whether a delta client holding c.versions needs nothing
+// from a snapshot whose resources have these versions: it has every
+// resource it subscribes to at its current version, and nothing the
+// server would tell it to remove.
+func (c *deltaClaim) holds(current map[string]string) bool {
+	want := 0
+	for name, v := range current {
+		if c.names != nil && !slices.Contains(c.names, name) {
+			continue
+		}
+		if c.versions[name] != v {
+			return false
+		}
+		want++
+	}
+	return want == len(c.versions)
+}
+
 // bind reads the node from a stream's first request: its ID, flavour, and
 // whether the stream's identity may speak for it. Called with mu held.
-func (s *Server) bind(p *proxy, node *corev3.Node) error {
+func (s *Server) bind(st *stream, node *corev3.Node) error {
 	refuse := func(reason string, err error) error {
-		p.refused = refusal(err)
+		st.refused = refusal(err)
 		s.m.rejected.WithLabelValues(reason).Inc()
-		s.log.Warn("refused an xDS stream", "peer", p.peer, "node", node.GetId(), "error", err)
-		return p.refused
+		s.log.Warn("refused an xDS stream", "peer", st.peer, "node", node.GetId(), "error", err)
+		return st.refused
 	}
 	if node.GetId() == "" {
 		return refuse("node_id", fmt.Errorf("%w: the first request carries no node ID; set node.id to sidecar~<pod IP>~<pod>.<namespace>~<namespace>.svc.cluster.local", auth.ErrBadNodeID))
@@ -356,17 +623,35 @@ func (s *Server) bind(p *proxy, node *corev3.Node) error {
 			podSA = w.ServiceAccount
 		}
 	}
-	if _, err := auth.Authorize(p.identity, id, podSA); err != nil && !errors.Is(err, auth.ErrPodUnknown) {
+	as, err := auth.Authorize(st.identity, id, podSA)
+	if err != nil && !errors.Is(err, auth.ErrPodUnknown) {
 		return refuse("permission_denied", err)
 	}
-	p.bound = true
-	p.nodeID = node.GetId()
-	p.node = id
-	p.flavor = flavorOf(node)
-	p.waiting = true
-	s.nodes[p.nodeID] = p
-	s.m.connected.Inc()
-	s.log.Info("proxy connected", append(p.logAttrs(), "peer", p.peer, "flavor", p.flavor, "identity", p.identity.String())...)
+	if err == nil {
+		st.authorized, st.authorizedAs = true, as
+	}
+	flavor := flavorOf(node)
+	n := s.nodes[node.GetId()]
+	switch {
+	case n == nil:
+		n = &nodeState{id: node.GetId(), parsed: id, flavor: flavor, streams: map[streamKey]*stream{}, waiting: true}
+		s.nodes[n.id] = n
+	case !n.live():
+		// Back within the grace period: only the certificate survived.
+		n.keepUntil = time.Time{}
+		n.flavor = flavor
+		n.waiting = true
+	case n.flavor != flavor:
+		s.log.Warn("a stream declares another flavour than the node's other streams; the node keeps its first flavour",
+			"node", n.id, "flavor", n.flavor, "stream_flavor", flavor)
+	}
+	if !n.live() {
+		s.m.connected.Inc()
+	}
+	n.streams[st.key] = st
+	st.bound = true
+	st.node = n
+	s.log.Info("proxy stream connected", append(st.logAttrs(), "peer", st.peer, "flavor", n.flavor, "identity", st.identity.String(), "streams", len(n.streams))...)
 	return nil
 }
 
@@ -384,99 +669,76 @@ func (s *Server) onResponse(key streamKey, typeURL, nonce, version string) {
 	s.m.pushes.WithLabelValues(typ).Inc()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.streams[key]
-	if p == nil {
+	st := s.streams[key]
+	if st == nil {
 		return
 	}
-	ts := p.typeState(typ)
+	ts := st.typeState(typ)
 	if ts.Sent != version {
 		ts.nackPending = false
 	}
 	ts.Sent, ts.SentAt = version, s.now()
-	if len(p.sent) >= maxSentTracked {
-		p.sent = p.sent[1:]
+	ts.claim = nil
+	if len(st.sent) >= maxSentTracked {
+		st.sent = st.sent[1:]
 	}
-	p.sent = append(p.sent, sentResponse{nonce: nonce, typ: typ, version: version})
+	st.sent = append(st.sent, sentResponse{nonce: nonce, typ: typ, version: version})
 }
 
+// certGrace is how long a node's certificate outlives its last stream, so
+// that a proxy reconnecting (a network blip, a gRPC client redialling)
+// gets the same certificate instead of a new one each time. It never
+// extends past the certificate's renewal time.
+const certGrace = time.Minute
+
 func (s *Server) closeStream(key streamKey) {
+	s.m.streams.Dec()
 	s.mu.Lock()
-	p := s.streams[key]
+	st := s.streams[key]
 	delete(s.streams, key)
-	if p == nil || !p.bound {
+	if st == nil || !st.bound {
 		s.mu.Unlock()
 		return
 	}
-	s.m.connected.Dec()
-	last := s.nodes[p.nodeID] == p
+	n := st.node
+	delete(n.streams, key)
+	last := !n.live()
+	attrs := append(st.logAttrs(), "streams_left", len(n.streams))
 	if last {
-		delete(s.nodes, p.nodeID)
+		s.m.connected.Dec()
+		n.keepUntil = s.now().Add(certGrace)
+		if n.cert != nil && n.renewAt.Before(n.keepUntil) {
+			n.keepUntil = n.renewAt
+		}
 	}
 	s.mu.Unlock()
-	s.log.Info("proxy disconnected", p.logAttrs()...)
+	s.log.Info("proxy stream disconnected", attrs...)
 	if last {
-		go s.forget(p.nodeID)
+		go s.forget(n)
 	}
 }
 
 // forget drops a node's cache entries once no stream of it is left, so a
 // long-running meshd does not accumulate snapshots of departed proxies.
-func (s *Server) forget(nodeID string) {
+// Its certificate stays in memory until keepUntil (see renewDue).
+func (s *Server) forget(n *nodeState) {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
 	s.mu.Lock()
-	_, back := s.nodes[nodeID]
-	s.mu.Unlock()
-	if back {
+	if n.live() || s.nodes[n.id] != n {
+		s.mu.Unlock()
 		return // reconnected meanwhile; its new stream uses the entries
 	}
-	s.config.ClearSnapshot(nodeID)
-	s.secrets.ClearSnapshot(nodeID)
+	n.published, n.configSnap, n.secretsSet = false, nil, false
+	n.workload, n.group = "", ""
+	if n.cert == nil {
+		delete(s.nodes, n.id)
+	}
+	s.mu.Unlock()
+	s.config.ClearSnapshot(n.id)
+	s.secrets.ClearSnapshot(n.id)
 	s.updateWorkloadExpiry()
-}
-
-// nackGuard stops go-control-plane's snapshot cache from re-sending a
-// version a proxy has just rejected. A SOTW NACK carries the last version
-// the proxy accepted; the cache sees that it differs from the snapshot and
-// answers at once with the same rejected version, which the proxy NACKs
-// again, in a tight loop. The guard presents such a request as if it
-// carried the rejected version, so the cache waits until the snapshot
-// actually changes. Delta needs no guard: the server records what it sent
-// when it sends it, so a NACK finds nothing new to send.
-type nackGuard struct {
-	cachev3.Cache
-	s *Server
-}
-
-func (g *nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	if v := g.s.rejectedVersion(req.GetNode().GetId(), req.GetTypeUrl()); v != "" && v != req.GetVersionInfo() {
-		req = &discoveryv3.DiscoveryRequest{
-			VersionInfo:      v,
-			Node:             req.GetNode(),
-			ResourceNames:    req.GetResourceNames(),
-			ResourceLocators: req.GetResourceLocators(),
-			TypeUrl:          req.GetTypeUrl(),
-			ResponseNonce:    req.GetResponseNonce(),
-			ErrorDetail:      req.GetErrorDetail(),
-		}
-	}
-	return g.Cache.CreateWatch(req, sub, ch)
-}
-
-// rejectedVersion is the version of typeURL the node NACKed, if that is
-// still the latest it was sent.
-func (s *Server) rejectedVersion(nodeID, typeURL string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.nodes[nodeID]
-	if p == nil || p.key.delta {
-		return ""
-	}
-	ts := p.types[shortType(typeURL)]
-	if ts == nil || !ts.nackPending {
-		return ""
-	}
-	return ts.Nacked
+	s.kickRenewal() // to drop the certificate at keepUntil
 }
 
 // goControlPlaneLogger sends go-control-plane's logs to slog. Its Info

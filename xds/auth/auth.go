@@ -10,8 +10,8 @@
 //	identity, err := auth.Authorize(id, node, podServiceAccount)
 //
 // and issues certificates only for the identity Authorize returns. Errors
-// wrap ErrUnauthenticated, ErrPermissionDenied, ErrBadNodeID or
-// ErrPodUnknown so the server can pick the gRPC status code and metric.
+// wrap ErrUnauthenticated, ErrUnavailable, ErrPermissionDenied, ErrBadNodeID
+// or ErrPodUnknown so the server can pick the gRPC status code and metric.
 package auth
 
 import (
@@ -28,6 +28,11 @@ var (
 	// ErrUnauthenticated: no token, a malformed header, or a token the
 	// authenticator does not accept (gRPC Unauthenticated).
 	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrUnavailable: the authenticator could not decide, because
+	// something it depends on (the Kubernetes API server for TokenReview)
+	// is unreachable. Not the client's fault: gRPC Unavailable, so the
+	// client retries with the same token instead of giving up.
+	ErrUnavailable = errors.New("authentication unavailable")
 	// ErrPermissionDenied: the token is valid but the node ID claims a
 	// different namespace or service account (gRPC PermissionDenied).
 	ErrPermissionDenied = errors.New("permission denied")

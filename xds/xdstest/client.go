@@ -57,6 +57,16 @@ type Options struct {
 	// returning an error NACKs the response with that message. The map
 	// is what the client would hold for the type after accepting it.
 	Reject func(typeURL, version string, resources map[string]proto.Message) error
+	// SecretsOnly subscribes to nothing but the secrets "default" and
+	// "ROOTCA", as meshctl agent's own stream does for a proxyless
+	// workload.
+	SecretsOnly bool
+	// ResumeFrom starts the client with what another client holds, as
+	// Envoy does when it reconnects (to the same meshd, or to a restarted
+	// one): its first request of each type carries the version it has
+	// (SOTW version_info) or the versions of its resources (delta
+	// initial_resource_versions).
+	ResumeFrom *Client
 }
 
 // Client is one simulated proxy. Its methods are safe for concurrent use.
@@ -76,7 +86,8 @@ type typeData struct {
 	version   string // last accepted (SOTW version_info; delta system version)
 	nonce     string // last response nonce
 	resources map[string]proto.Message
-	wanted    map[string]bool // names subscribed to (nil for wildcard)
+	versions  map[string]string // delta: accepted resource versions by name
+	wanted    map[string]bool   // names subscribed to (nil for wildcard)
 	requested bool
 	responses int
 	acks      int
@@ -94,7 +105,22 @@ func Start(ctx context.Context, conn grpc.ClientConnInterface, opts Options) *Cl
 		done:    make(chan struct{}),
 	}
 	for _, t := range []string{CDS, EDS, LDS, RDS, SDS} {
-		c.types[t] = &typeData{resources: map[string]proto.Message{}}
+		c.types[t] = &typeData{resources: map[string]proto.Message{}, versions: map[string]string{}}
+	}
+	if from := opts.ResumeFrom; from != nil {
+		from.mu.Lock()
+		for t, td := range from.types {
+			c.types[t] = &typeData{
+				version:   td.version,
+				resources: maps.Clone(td.resources),
+				versions:  maps.Clone(td.versions),
+				wanted:    maps.Clone(td.wanted),
+			}
+		}
+		from.mu.Unlock()
+	}
+	if opts.SecretsOnly {
+		c.types[SDS].wanted = map[string]bool{"default": true, "ROOTCA": true}
 	}
 	md := map[string]any{}
 	for k, v := range opts.Metadata {
@@ -145,6 +171,13 @@ func (c *Client) Resources(typeURL string) map[string]proto.Message {
 	return maps.Clone(c.types[typeURL].resources)
 }
 
+// Acks counts the responses of a type the client accepted.
+func (c *Client) Acks(typeURL string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.types[typeURL].acks
+}
+
 // Responses counts the responses received for a type (accepted or not).
 func (c *Client) Responses(typeURL string) int {
 	c.mu.Lock()
@@ -174,7 +207,10 @@ func (c *Client) Complete() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var missing []string
-	for _, t := range []string{CDS, LDS} {
+	for _, t := range c.initialTypes() {
+		if !wildcardTypes[t] {
+			continue
+		}
 		if c.types[t].version == "" {
 			missing = append(missing, fmt.Sprintf("no %s accepted yet", short(t)))
 		}
@@ -234,6 +270,19 @@ func short(typeURL string) string {
 		return "sds"
 	}
 	return typeURL
+}
+
+// initialTypes are the types the client subscribes to first: clusters and
+// listeners, or only secrets (Options.SecretsOnly). When resuming it also
+// re-subscribes at once to the names it already holds, as Envoy does.
+func (c *Client) initialTypes() []string {
+	if c.opts.SecretsOnly {
+		return []string{SDS}
+	}
+	if c.opts.ResumeFrom != nil {
+		return []string{CDS, LDS, EDS, RDS, SDS}
+	}
+	return []string{CDS, LDS}
 }
 
 // decode unpacks and validates a SOTW response's resources.

@@ -18,6 +18,19 @@ func streamErr(err error) error {
 	return err
 }
 
+// sendErr turns the io.EOF of a Send on a stream the server has ended into
+// the status the server ended it with, which only Recv reports.
+func sendErr(err error, recv func() error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	for {
+		if rerr := recv(); rerr != nil {
+			return rerr
+		}
+	}
+}
+
 // runSotw speaks state-of-the-world ADS the way Envoy does.
 func (c *Client) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) error {
 	st, err := ads.StreamAggregatedResources(ctx)
@@ -30,7 +43,7 @@ func (c *Client) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscover
 			req.Node = c.node
 			first = false
 		}
-		return st.Send(req)
+		return sendErr(st.Send(req), func() error { _, err := st.Recv(); return err })
 	}
 	// request asks for the current names of a type, naming the last
 	// response so the server can tell an ACK or a new subscription.
@@ -44,7 +57,12 @@ func (c *Client) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		return req
 	}
 	c.mu.Lock()
-	initial := []*discoveryv3.DiscoveryRequest{request(CDS), request(LDS)}
+	var initial []*discoveryv3.DiscoveryRequest
+	for _, t := range c.initialTypes() {
+		if wildcardTypes[t] || len(c.types[t].wanted) > 0 {
+			initial = append(initial, request(t))
+		}
+	}
 	c.mu.Unlock()
 	for _, req := range initial {
 		if err := send(req); err != nil {
@@ -107,7 +125,7 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 			req.Node = c.node
 			first = false
 		}
-		return st.Send(req)
+		return sendErr(st.Send(req), func() error { _, err := st.Recv(); return err })
 	}
 	subscribed := map[string]map[string]bool{}
 	// resubscribe turns a change of wanted names into subscribe and
@@ -126,6 +144,7 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 			if !td.wanted[n] {
 				req.ResourceNamesUnsubscribe = append(req.ResourceNamesUnsubscribe, n)
 				delete(td.resources, n)
+				delete(td.versions, n)
 			}
 		}
 		slices.Sort(req.ResourceNamesSubscribe)
@@ -134,10 +153,27 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 		return req
 	}
 	c.mu.Lock()
-	c.types[CDS].requested, c.types[LDS].requested = true, true
+	var initial []*discoveryv3.DeltaDiscoveryRequest
+	for _, t := range c.initialTypes() {
+		td := c.types[t]
+		var req *discoveryv3.DeltaDiscoveryRequest
+		switch {
+		case wildcardTypes[t]:
+			td.requested = true
+			req = &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t}
+		case len(td.wanted) > 0:
+			req = resubscribe(t)
+		default:
+			continue
+		}
+		if len(td.versions) > 0 {
+			req.InitialResourceVersions = maps.Clone(td.versions)
+		}
+		initial = append(initial, req)
+	}
 	c.mu.Unlock()
-	for _, t := range []string{CDS, LDS} {
-		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t}); err != nil {
+	for _, req := range initial {
+		if err := send(req); err != nil {
 			return streamErr(err)
 		}
 	}
@@ -150,8 +186,10 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 		c.mu.Lock()
 		td, ok := c.types[t]
 		var next map[string]proto.Message
+		var nextVersions map[string]string
 		if ok {
 			next = maps.Clone(td.resources)
+			nextVersions = maps.Clone(td.versions)
 		}
 		c.mu.Unlock()
 		if !ok {
@@ -170,9 +208,11 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 				break
 			}
 			next[r.GetName()] = got
+			nextVersions[r.GetName()] = r.GetVersion()
 		}
 		for _, n := range resp.GetRemovedResources() {
 			delete(next, n)
+			delete(nextVersions, n)
 		}
 		if derr == nil {
 			derr = c.accept(t, resp.GetSystemVersionInfo(), next)
@@ -187,6 +227,7 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 			td.nackedMsg = derr.Error()
 			out = append(out, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: resp.GetNonce(), ErrorDetail: nackStatus(derr)})
 		} else {
+			td.versions = nextVersions
 			for _, changed := range c.applyLocked(t, resp.GetSystemVersionInfo(), next) {
 				out = append(out, resubscribe(changed))
 			}

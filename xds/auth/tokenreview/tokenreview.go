@@ -31,8 +31,8 @@ const DefaultTimeout = 10 * time.Second
 
 // Error classes, each wrapping auth.ErrUnauthenticated so the xDS server
 // refuses the stream with codes.Unauthenticated. A failure to reach the API
-// server wraps none of them: that is not the client's fault, and the server
-// should answer Unavailable so the client retries.
+// server wraps none of them but auth.ErrUnavailable instead: that is not the
+// client's fault, and the server answers Unavailable so the client retries.
 var (
 	// ErrMissingToken: the token is empty.
 	ErrMissingToken = fmt.Errorf("%w: no service-account token", auth.ErrUnauthenticated)
@@ -90,7 +90,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (auth.Id
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return auth.Identity{}, fmt.Errorf("cannot review the token with the Kubernetes API server: %w", err)
+		return auth.Identity{}, fmt.Errorf("%w: cannot review the token with the Kubernetes API server (check that it is reachable and that meshd may create tokenreviews): %w", auth.ErrUnavailable, err)
 	}
 	st := review.Status
 	if !st.Authenticated {
@@ -152,7 +152,8 @@ func quoteList(s []string) string {
 }
 
 // IsUnavailable reports whether err means the API server could not be
-// asked (as opposed to the token being refused).
+// asked (as opposed to the token being refused). It is errors.Is(err,
+// auth.ErrUnavailable), kept for callers that know only this package.
 func IsUnavailable(err error) bool {
-	return err != nil && !errors.Is(err, auth.ErrUnauthenticated)
+	return errors.Is(err, auth.ErrUnavailable)
 }

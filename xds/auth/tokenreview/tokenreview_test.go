@@ -121,8 +121,11 @@ func TestAuthenticate(t *testing.T) {
 func TestAPIServerUnreachableIsNotARefusal(t *testing.T) {
 	a := New(fakeReviewer(authenticationv1.TokenReviewStatus{}, errors.New("connection refused"), nil), Options{})
 	_, err := a.Authenticate(context.Background(), "secret-token-value")
-	if err == nil || errors.Is(err, auth.ErrUnauthenticated) || !IsUnavailable(err) {
-		t.Fatalf("err = %v, want an availability error that does not wrap auth.ErrUnauthenticated", err)
+	if err == nil || errors.Is(err, auth.ErrUnauthenticated) || !errors.Is(err, auth.ErrUnavailable) || !IsUnavailable(err) {
+		t.Fatalf("err = %v, want auth.ErrUnavailable, not auth.ErrUnauthenticated", err)
+	}
+	if !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("err = %q, want it to keep the API server's error", err)
 	}
 	if strings.Contains(err.Error(), "secret-token-value") {
 		t.Errorf("the error %q contains the token", err)
