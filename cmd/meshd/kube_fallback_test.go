@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +35,8 @@ func jwtWithExp(exp time.Time) string {
 
 func TestReviewFallback(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	down := errors.New("cannot review the token with the Kubernetes API server: connection refused")
+	// What tokenreview returns when the API server cannot be reached.
+	down := fmt.Errorf("%w: cannot review the token with the Kubernetes API server: connection refused", auth.ErrUnavailable)
 	refused := tokenreview.ErrInvalidToken
 	tests := []struct {
 		name  string
