@@ -68,6 +68,10 @@ golden: ## Rewrite translation golden files (read the diff before committing!).
 bench: ## Translation benchmarks (figures in README).
 	$(GO) test -run '^$$' -bench . -benchmem ./translate/...
 
+.PHONY: scale
+scale: ## Scale benchmark: meshd with 1,000 services x 4 endpoints and 1,000 simulated proxies (figures in README).
+	$(GO) run ./e2e/scale
+
 .PHONY: clean
 clean: ## Remove build output.
 	rm -rf $(BIN)
