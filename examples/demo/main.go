@@ -28,6 +28,7 @@ func main() {
 func run() int {
 	verbose := flag.Bool("v", false, "show the output of every process")
 	keep := flag.Bool("keep", false, "keep the work directory (logs, config, certificates) after the run")
+	hold := flag.Bool("hold", false, "after the scenarios, keep the mesh running until Ctrl-C so meshctl can inspect it")
 	ttl := flag.Duration("workload-cert-ttl", 30*time.Second, "meshd's workload certificate lifetime; rotation happens at half of it")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -103,19 +104,38 @@ func run() int {
 
 	fmt.Println()
 	harness.PrintTable(os.Stdout, rows)
+	meshctl := filepath.Join(work, "bin", "meshctl")
+	if !*hold {
+		meshctl = "bin/meshctl"
+	}
 	fmt.Printf(`
-Where to look next (while a mesh runs, e.g. with -keep and the commands below):
-  meshctl proxy-status --addr %[1]s
-  meshctl proxy-config listeners product-0.default --addr %[1]s
-  meshctl proxy-config clusters product-gateway-0.default --addr %[1]s
+Where to look next%[3]s:
+  %[4]s proxy-status --meshd %[1]s
+  %[4]s proxy-config listeners product-0.default --port 15006 --meshd %[1]s
+  %[4]s proxy-config clusters product-gateway-0.default --meshd %[1]s
+  %[4]s proxy-config secrets product-0.default --meshd %[1]s
   metrics:  %[1]s/metrics
   syncz:    %[1]s/debug/syncz
   logs:     %[2]s
-`, mesh.MonitoringURL(), filepath.Join(work, "logs"))
+`, mesh.MonitoringURL(), filepath.Join(work, "logs"), holdNote(*hold), meshctl)
+	result := 0
 	if !allOK {
 		fmt.Println("\nRESULT: some observations did not match the expectations (see FAIL rows).")
-		return 1
+		result = 1
+	} else {
+		fmt.Println("\nRESULT: every observation matched.")
 	}
-	fmt.Println("\nRESULT: every observation matched.")
-	return 0
+	if *hold && ctx.Err() == nil {
+		fmt.Println("\nThe mesh keeps running; press Ctrl-C to stop it.")
+		<-ctx.Done()
+	}
+	return result
+}
+
+// holdNote says whether the mesh is still there to be inspected.
+func holdNote(hold bool) string {
+	if hold {
+		return " (the mesh is still running)"
+	}
+	return " (everything has stopped: run `go run ./examples/demo -hold` to keep the mesh\nrunning, or start bin/meshd serve --config-dir examples/mesh --xds-auth=none yourself)"
 }
