@@ -1,6 +1,10 @@
 package translate
 
 import (
+	"net/netip"
+	"reflect"
+	"slices"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -66,4 +70,157 @@ func ClusterLoadAssignment(cluster string, eps []model.Endpoint, targetPort uint
 		LoadBalancingWeight: wrapperspb.UInt32(uint32(len(lbs))),
 	}}
 	return cla
+}
+
+// EndpointsFor builds the ClusterLoadAssignment of every outbound cluster a
+// proxy of flavour f can have, keyed by cluster name. Assignments depend on
+// the mesh and the flavour only, never on the proxy (which clusters a proxy
+// has may: a proxyless client is not offered a port its DestinationRule
+// makes unusable, so the map can hold names a given group does not use).
+// Translate takes its assignments from here, and the xDS layer calls it
+// once per flavour on a change that touches only endpoints (see
+// OnlyEndpointsDiffer), instead of translating every group again.
+func EndpointsFor(snap *model.Snapshot, f Flavor, opts Options) map[string]*endpointv3.ClusterLoadAssignment {
+	opts = opts.WithDefaults()
+	if snap == nil {
+		return map[string]*endpointv3.ClusterLoadAssignment{}
+	}
+	out := make(map[string]*endpointv3.ClusterLoadAssignment, len(snap.Services))
+	for i := range snap.Services {
+		s := &snap.Services[i]
+		fqdn := FQDN(s.Name, s.Namespace, opts.ClusterDomain)
+		for _, sp := range s.Ports {
+			if !outboundPort(f, sp) {
+				continue
+			}
+			name := OutboundClusterName(uint32(sp.Port), fqdn)
+			if _, dup := out[name]; dup {
+				continue // the first port wins, as in translation
+			}
+			var eps []model.Endpoint
+			if se := snap.EndpointsFor(s.Namespace, s.Name, sp.Port); se != nil {
+				eps = se.Endpoints
+			}
+			switch f {
+			case FlavorProxyless:
+				out[name] = ProxylessClusterLoadAssignment(name, eps, uint32(sp.TargetPort))
+			default:
+				out[name] = ClusterLoadAssignment(name, eps, uint32(sp.TargetPort))
+			}
+		}
+	}
+	return out
+}
+
+// outboundPort reports whether a service port can have an outbound cluster
+// for flavour f at all; translation may still leave it out for a proxy.
+func outboundPort(f Flavor, sp model.ServicePort) bool {
+	if !isTCP(sp.Protocol) {
+		return false
+	}
+	if f == FlavorProxyless {
+		// gRPC only speaks HTTP/2: a port not declared as HTTP or gRPC
+		// is not offered to proxyless clients, as in Istio.
+		http, _ := portProtocol(sp)
+		return http && sp.Port > 0 && sp.Port <= 65535
+	}
+	port := uint32(sp.Port)
+	return port != VirtualInboundPort && port != VirtualOutboundPort
+}
+
+// OnlyEndpointsDiffer reports whether translating b gives every proxy of
+// flavour f the same listeners, route configurations, clusters and problems
+// as translating a, so that only ClusterLoadAssignments can differ and
+// EndpointsFor(b) completes the previous translation of a.
+//
+// It compares everything translation reads except the parts of endpoints
+// that only assignments read. What else reads endpoints is listed here and
+// must stay in step with translation:
+//
+//   - cluster TLS (both flavours): the SPIFFE IDs of every endpoint's
+//     service account (serviceSANs);
+//   - proxyless auto mTLS: whether any usable endpoint is in the mesh,
+//     and the addresses of usable endpoints outside it (autoMTLS picks
+//     the transport from both and names the latter in a problem);
+//   - proxyless server listeners: the addresses of in-mesh workloads
+//     (meshSourceRanges). Envoy translation never reads Workloads; a
+//     workload's own changes reach it through its Proxy (its group key).
+//
+// Model problems are not compared: translation never reads them.
+func OnlyEndpointsDiffer(a, b *model.Snapshot, f Flavor) bool {
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil {
+		return false
+	}
+	if !reflect.DeepEqual(a.Namespaces, b.Namespaces) || !reflect.DeepEqual(a.Services, b.Services) ||
+		!reflect.DeepEqual(a.Policies, b.Policies) {
+		return false
+	}
+	if f == FlavorProxyless && !slices.Equal(meshAddrs(a.Workloads), meshAddrs(b.Workloads)) {
+		return false
+	}
+	return reflect.DeepEqual(endpointInputs(a, f), endpointInputs(b, f))
+}
+
+// endpointKey names one service port's endpoints.
+type endpointKey struct {
+	namespace, service string
+	port               int32
+}
+
+// endpointInput is what translation reads from one service port's
+// endpoints apart from its ClusterLoadAssignment (see OnlyEndpointsDiffer).
+type endpointInput struct {
+	serviceAccounts []string
+	anyInside       bool     // proxyless only: a usable endpoint is in the mesh
+	outside         []string // proxyless only: usable endpoints outside the mesh
+}
+
+// endpointInputs lists the endpointInput of every service port that has
+// any, so that an absent entry and one without endpoints compare equal.
+func endpointInputs(snap *model.Snapshot, f Flavor) map[endpointKey]endpointInput {
+	out := make(map[endpointKey]endpointInput, len(snap.Endpoints))
+	for _, se := range snap.Endpoints {
+		var in endpointInput
+		for _, e := range se.Endpoints {
+			if e.ServiceAccount != "" {
+				in.serviceAccounts = append(in.serviceAccounts, e.ServiceAccount)
+			}
+		}
+		slices.Sort(in.serviceAccounts)
+		in.serviceAccounts = slices.Compact(in.serviceAccounts)
+		if f == FlavorProxyless {
+			for _, e := range usableEndpoints(se.Endpoints) {
+				if e.InMesh {
+					in.anyInside = true
+				} else {
+					in.outside = append(in.outside, e.IP)
+				}
+			}
+			slices.Sort(in.outside)
+			in.outside = slices.Compact(in.outside)
+		}
+		if len(in.serviceAccounts) == 0 && !in.anyInside && len(in.outside) == 0 {
+			continue
+		}
+		out[endpointKey{se.Namespace, se.Service, se.Port}] = in
+	}
+	return out
+}
+
+// meshAddrs are the addresses meshSourceRanges builds its ranges from.
+func meshAddrs(ws []model.Workload) []netip.Addr {
+	var addrs []netip.Addr
+	for i := range ws {
+		if !ws[i].InMesh {
+			continue
+		}
+		if a, err := netip.ParseAddr(ws[i].IP); err == nil {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	return slices.Compact(addrs)
 }

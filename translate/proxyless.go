@@ -166,18 +166,7 @@ func (t *proxylessTranslation) inbound() {
 // with an address, sorted: the callers that must use mTLS on a PERMISSIVE
 // port. They depend on the whole mesh, not only on this workload.
 func (t *proxylessTranslation) meshSourceRanges() []*corev3.CidrRange {
-	var addrs []netip.Addr
-	for i := range t.snap.Workloads {
-		w := &t.snap.Workloads[i]
-		if !w.InMesh {
-			continue
-		}
-		if a, err := netip.ParseAddr(w.IP); err == nil {
-			addrs = append(addrs, a.Unmap())
-		}
-	}
-	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
-	addrs = slices.Compact(addrs)
+	addrs := meshAddrs(t.snap.Workloads)
 	out := make([]*corev3.CidrRange, 0, len(addrs))
 	for _, a := range addrs {
 		out = append(out, hostPrefix(a))
@@ -255,13 +244,12 @@ func jwtTokenDenyPolicies(ras []*policy.RequestAuthentication) (map[string]*rbac
 }
 
 func (t *proxylessTranslation) outbound() {
+	assignments := EndpointsFor(t.snap, FlavorProxyless, t.opts)
 	for i := range t.snap.Services {
 		s := &t.snap.Services[i]
 		fqdn := FQDN(s.Name, s.Namespace, t.opts.ClusterDomain)
 		for _, sp := range s.Ports {
-			if http, _ := portProtocol(sp); !http || !isTCP(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
-				// gRPC only speaks HTTP/2: a port not declared as HTTP or
-				// gRPC is not offered to proxyless clients, as in Istio.
+			if !outboundPort(FlavorProxyless, sp) {
 				continue
 			}
 			port := uint32(sp.Port)
@@ -280,7 +268,7 @@ func (t *proxylessTranslation) outbound() {
 			}
 			t.res.Routes = append(t.res.Routes, ProxylessRouteConfiguration(name, VirtualHostName(fqdn, port), authorities, name))
 			t.res.Clusters = append(t.res.Clusters, ProxylessCluster(name, socket))
-			t.res.Endpoints = append(t.res.Endpoints, ProxylessClusterLoadAssignment(name, endpoints, uint32(sp.TargetPort)))
+			t.res.Endpoints = append(t.res.Endpoints, assignments[name])
 		}
 	}
 }

@@ -3,10 +3,16 @@ package xds
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/hashicorp/go-multierror"
 
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
@@ -29,6 +35,11 @@ type group struct {
 	// triggers records, per type, which change produced the current
 	// version, for the convergence metric.
 	triggers map[string]trigger
+	// from is the model snap was translated from (its listeners, routes
+	// and clusters; endpoints may be newer), and used the table digests
+	// of those resources: what an endpoint-only change needs to keep them.
+	from *model.Snapshot
+	used []digest
 }
 
 type trigger struct {
@@ -51,6 +62,17 @@ type built struct {
 	snap     *cachev3.Snapshot
 	problems policy.Problems
 	err      *configError
+	from     *model.Snapshot
+	used     []digest
+}
+
+// reusable is what an endpoint-only change keeps of a group's last
+// published snapshot.
+type reusable struct {
+	snap     *cachev3.Snapshot
+	from     *model.Snapshot
+	used     []digest
+	problems policy.Problems
 }
 
 // connect publishes to nodes that have just sent their first request, or
@@ -100,6 +122,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	s.mu.Lock()
 	var targets []target
 	need := map[string]translate.Proxy{}
+	prev := map[string]reusable{}
 	for _, n := range s.nodes {
 		if !n.live() || newOnly && !s.needsWork(n) {
 			continue
@@ -135,14 +158,22 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		px := translate.ProxyFor(n.flavor, w)
 		key := px.Key()
 		targets = append(targets, target{n: n, workload: w, key: key, identity: id})
-		if !newOnly || s.groups[key] == nil || s.groups[key].snap == nil {
+		g := s.groups[key]
+		if !newOnly || g == nil || g.snap == nil {
 			need[key] = px
+			// A group whose last translation failed is translated
+			// again: only that can clear (or update) its error.
+			if g != nil && g.snap != nil && g.err == nil && g.from != nil {
+				prev[key] = reusable{snap: g.snap, from: g.from, used: g.used, problems: g.problems}
+			}
 		}
 	}
 	s.mu.Unlock()
 
 	// 2. Translate each group once, in parallel; translation is pure.
-	results := s.build(m, need)
+	// A group for which the change touches only endpoints keeps its
+	// listeners, routes and clusters and gets new assignments instead.
+	results := s.build(m, need, prev)
 
 	// 3. Install what passed; decide what each node gets.
 	type setSnap struct {
@@ -177,6 +208,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 			}
 		}
 		g.snap, g.builtAt, g.problems, g.err = r.snap, now, r.problems, nil
+		g.from, g.used = r.from, r.used
 	}
 	for _, t := range targets {
 		n := t.n
@@ -245,20 +277,29 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	}
 }
 
-// build translates and checks each needed group.
-func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy) []built {
+// build translates and checks each needed group, or for those in prev
+// that the change from their model to m touches only in endpoints, swaps
+// in the new assignments (see reuse).
+func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy, prev map[string]reusable) []built {
 	if len(need) == 0 {
 		return nil
 	}
 	if m == nil {
 		m = &model.Snapshot{}
 	}
+	var out []built
+	if len(prev) > 0 {
+		out, need = s.reuse(m, need, prev)
+		if len(need) == 0 {
+			return out
+		}
+	}
 	jobs := make(chan built, len(need))
 	for k, px := range need {
 		jobs <- built{key: k, proxy: px}
 	}
 	close(jobs)
-	out := make([]built, 0, len(need))
+	out = slices.Grow(out, len(need))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for range min(workers(), len(need)) {
@@ -282,8 +323,8 @@ func (s *Server) buildGroup(m *model.Snapshot, b built) built {
 	if res == nil {
 		res = &translate.Resources{}
 	}
-	b.problems = res.Problems
-	snap, err := groupSnapshot(res, s.resources)
+	b.problems, b.from = res.Problems, m
+	snap, err := groupSnapshotUsing(res, s.resources, &b.used)
 	if err != nil {
 		var ce *configError
 		if !errors.As(err, &ce) {
@@ -294,6 +335,127 @@ func (s *Server) buildGroup(m *model.Snapshot, b built) built {
 	}
 	b.snap = snap
 	return b
+}
+
+// reuse serves the groups of need that have a snapshot in prev and for
+// which the change from the model of that snapshot to m touches only
+// endpoints (translate.OnlyEndpointsDiffer): each keeps its listeners,
+// routes and clusters, with their versions, and gets m's assignments for
+// the clusters it has. Assignments are built once per flavour and each
+// distinct one is encoded and validated once, not once per group. The
+// groups it cannot serve are returned for translation.
+func (s *Server) reuse(m *model.Snapshot, need map[string]translate.Proxy, prev map[string]reusable) ([]built, map[string]translate.Proxy) {
+	type comparison struct {
+		from   *model.Snapshot
+		flavor translate.Flavor
+	}
+	same := map[comparison]bool{}
+	assignments := map[translate.Flavor]map[string]checkedAssignment{}
+	rest := make(map[string]translate.Proxy, len(need))
+	var out []built
+	for key, px := range need {
+		p, ok := prev[key]
+		if !ok {
+			rest[key] = px
+			continue
+		}
+		c := comparison{p.from, px.Flavor}
+		eq, known := same[c]
+		if !known {
+			eq = translate.OnlyEndpointsDiffer(p.from, m, px.Flavor)
+			same[c] = eq
+		}
+		if !eq {
+			rest[key] = px
+			continue
+		}
+		byName, ok := assignments[px.Flavor]
+		if !ok {
+			byName = s.checkAssignments(m, px.Flavor)
+			assignments[px.Flavor] = byName
+		}
+		b, ok := swapAssignments(built{key: key, proxy: px, problems: p.problems, from: m, used: p.used}, p.snap, byName)
+		if !ok {
+			rest[key] = px
+			continue
+		}
+		s.resources.keep(p.used)
+		out = append(out, b)
+	}
+	if len(out) > 0 {
+		s.log.Debug("endpoint-only change: groups keep their listeners, routes and clusters", "groups", len(out), "translated", len(rest))
+	}
+	return out, rest
+}
+
+// checkedAssignment is one ClusterLoadAssignment after the table's check:
+// the shared copy and its version, or why it is invalid.
+type checkedAssignment struct {
+	res     types.Resource
+	version string
+	err     error
+}
+
+// checkAssignments builds m's assignments for flavour f and checks each.
+func (s *Server) checkAssignments(m *model.Snapshot, f translate.Flavor) map[string]checkedAssignment {
+	assignments := translate.EndpointsFor(m, f, s.opts.Translate)
+	out := make(map[string]checkedAssignment, len(assignments))
+	for name, cla := range assignments {
+		encoded, err := cachev3.MarshalResource(cla)
+		if err != nil {
+			out[name] = checkedAssignment{err: fmt.Errorf("marshalling eds resource %q: %w", name, err)}
+			continue
+		}
+		res, version, err := s.resources.check(resourcev3.EndpointType, cla, encoded)
+		if version == "" {
+			version = cachev3.HashResource(encoded)
+		}
+		out[name] = checkedAssignment{res: res, version: version, err: err}
+	}
+	return out
+}
+
+// swapAssignments completes b from the group's last snapshot with the
+// assignments of byName for the clusters it has. It returns false when one
+// of them is missing, which an endpoint-only change cannot cause: the
+// group is then translated in full. When no assignment changed, the last
+// snapshot itself is kept, so its proxies are not even asked.
+func swapAssignments(b built, last *cachev3.Snapshot, byName map[string]checkedAssignment) (built, bool) {
+	old := last.Resources[types.Endpoint]
+	items := make(map[string]types.ResourceWithTTL, len(old.Items))
+	versions := make(map[string]string, len(old.Items))
+	names := make([]string, 0, len(old.Items))
+	var invalid *multierror.Error
+	for name := range old.Items {
+		c, ok := byName[name]
+		if !ok {
+			return b, false
+		}
+		if c.err != nil {
+			invalid = multierror.Append(invalid, c.err)
+			continue
+		}
+		items[name] = types.ResourceWithTTL{Resource: c.res}
+		versions[name] = c.version
+		names = append(names, name)
+	}
+	if err := invalid.ErrorOrNil(); err != nil {
+		b.err = &configError{kind: errInvalid, err: err}
+		return b, true
+	}
+	version := typeVersion(names, versions)
+	if version == old.Version {
+		b.snap = last
+		return b, true
+	}
+	snap := &cachev3.Snapshot{Resources: last.Resources, VersionMap: maps.Clone(last.VersionMap)}
+	if snap.VersionMap == nil {
+		snap.VersionMap = map[string]map[string]string{}
+	}
+	snap.Resources[types.Endpoint] = cachev3.Resources{Version: version, Items: items}
+	snap.VersionMap[resourcev3.EndpointType] = versions
+	b.snap = snap
+	return b, true
 }
 
 // issue gives a node a fresh certificate for id and publishes its secrets

@@ -387,7 +387,10 @@ func TestBadSnapshotKeepsLastGood(t *testing.T) {
 		stockEDS := stock.Version(xdstest.EDS)
 
 		breakGateway.Store(true)
-		h.update(mesh(t, shopWith(pod("product-1", "product", "product", "127.0.0.5"))...))
+		// A new replica under another service account changes the
+		// clusters' SANs, so every group is translated again (an
+		// endpoint-only change would not call translate at all).
+		h.update(mesh(t, shopWith(pod("product-1", "product", "product-v2", "127.0.0.5"))...))
 		// The other group is unaffected and gets the new endpoint.
 		h.waitFor(stock, "stock's update", func() bool { return stock.Version(xdstest.EDS) != stockEDS })
 		if got := snapshotOf(gw); fmt.Sprint(got) != fmt.Sprint(gwBefore) {
@@ -413,7 +416,7 @@ func TestBadSnapshotKeepsLastGood(t *testing.T) {
 		// Once translation is sound again, the gateway catches up.
 		breakGateway.Store(false)
 		eds := gw.Version(xdstest.EDS)
-		h.update(mesh(t, shopWith(pod("product-1", "product", "product", "127.0.0.5"))...))
+		h.update(mesh(t, shopWith(pod("product-1", "product", "product-v2", "127.0.0.5"))...))
 		h.waitFor(gw, "the gateway's catch-up", func() bool { return gw.Version(xdstest.EDS) != eds })
 		for _, g := range h.srv.SyncStatus().Groups {
 			if g.Error != "" {
@@ -505,7 +508,9 @@ func TestReplicasShareOneTranslation(t *testing.T) {
 		t.Errorf("translations for two replicas = %d, want 1", got)
 	}
 	calls.Store(0)
-	h.update(mesh(t, shopWith(replica, pod("stock-1", "stock", "stock", "127.0.0.7"))...))
+	// Another service account behind stock changes its cluster's SANs:
+	// not an endpoint-only change, so the group is translated again.
+	h.update(mesh(t, shopWith(replica, pod("stock-1", "stock", "stock-v2", "127.0.0.7"))...))
 	if got := calls.Load(); got != 1 {
 		t.Errorf("translations per push for one group = %d, want 1", got)
 	}

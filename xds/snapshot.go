@@ -113,21 +113,27 @@ func versionedSnapshot(byType map[string][]types.Resource, check func(typeURL st
 			versions[name] = version
 			names = append(names, name)
 		}
-		slices.Sort(names)
-		h := sha256.New()
-		for _, n := range names {
-			h.Write([]byte(n))
-			h.Write([]byte{0})
-			h.Write([]byte(versions[n]))
-			h.Write([]byte{0})
-		}
-		snap.Resources[idx] = cachev3.Resources{Version: hex.EncodeToString(h.Sum(nil)[:8]), Items: items}
+		snap.Resources[idx] = cachev3.Resources{Version: typeVersion(names, versions), Items: items}
 		snap.VersionMap[typeURL] = versions
 	}
 	if err := invalid.ErrorOrNil(); err != nil {
 		return nil, err
 	}
 	return snap, nil
+}
+
+// typeVersion is the version of one type's resources: a hash of their
+// names and per-resource versions, in name order (names is sorted here).
+func typeVersion(names []string, versions map[string]string) string {
+	slices.Sort(names)
+	h := sha256.New()
+	for _, n := range names {
+		h.Write([]byte(n))
+		h.Write([]byte{0})
+		h.Write([]byte(versions[n]))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 func groupResources(r *translate.Resources) map[string][]types.Resource {
@@ -171,7 +177,25 @@ func (e *configError) Unwrap() error { return e.err }
 // typed configs packed inside it, see translate.Resources.Validate), then
 // consistency. A failure is a *configError saying which kind.
 func groupSnapshot(r *translate.Resources, table *resourceTable) (*cachev3.Snapshot, error) {
-	snap, err := versionedSnapshot(groupResources(r), table.check)
+	return groupSnapshotUsing(r, table, nil)
+}
+
+// groupSnapshotUsing is groupSnapshot that also appends, to used when it is
+// not nil, the table digest of every listener, route configuration and
+// cluster, so that a push reusing them can keep their table entries (see
+// resourceTable.keep).
+func groupSnapshotUsing(r *translate.Resources, table *resourceTable, used *[]digest) (*cachev3.Snapshot, error) {
+	check := table.check
+	if used != nil && table != nil {
+		check = func(typeURL string, res types.Resource, encoded []byte) (types.Resource, string, error) {
+			d := sha256.Sum256(encoded)
+			if typeURL != resourcev3.EndpointType {
+				*used = append(*used, d)
+			}
+			return table.checkDigest(typeURL, res, encoded, d)
+		}
+	}
+	snap, err := versionedSnapshot(groupResources(r), check)
 	if err != nil {
 		return nil, &configError{kind: errInvalid, err: err}
 	}
@@ -200,8 +224,11 @@ func groupSnapshot(r *translate.Resources, table *resourceTable) (*cachev3.Snaps
 type resourceTable struct {
 	mu      sync.Mutex
 	gen     uint64
-	entries map[[sha256.Size]byte]*tableEntry
+	entries map[digest]*tableEntry
 }
+
+// digest is the SHA-256 of a resource's encoding, the table's key.
+type digest = [sha256.Size]byte
 
 type tableEntry struct {
 	res     types.Resource
@@ -210,7 +237,7 @@ type tableEntry struct {
 }
 
 func newResourceTable() *resourceTable {
-	return &resourceTable{entries: map[[sha256.Size]byte]*tableEntry{}}
+	return &resourceTable{entries: map[digest]*tableEntry{}}
 }
 
 // check validates r unless equal content is known valid, and returns the
@@ -219,9 +246,13 @@ func (t *resourceTable) check(typeURL string, r types.Resource, encoded []byte) 
 	if t == nil {
 		return r, "", validateOne(typeURL, r)
 	}
-	digest := sha256.Sum256(encoded)
+	return t.checkDigest(typeURL, r, encoded, sha256.Sum256(encoded))
+}
+
+// checkDigest is check for a caller that has the digest of encoded already.
+func (t *resourceTable) checkDigest(typeURL string, r types.Resource, encoded []byte, d digest) (types.Resource, string, error) {
 	t.mu.Lock()
-	if e, ok := t.entries[digest]; ok {
+	if e, ok := t.entries[d]; ok {
 		e.gen = t.gen
 		t.mu.Unlock()
 		return e.res, e.version, nil
@@ -233,10 +264,10 @@ func (t *resourceTable) check(typeURL string, r types.Resource, encoded []byte) 
 	shell := encodedResource(r, encoded)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e, ok := t.entries[digest]
+	e, ok := t.entries[d]
 	if !ok { // not added by another group meanwhile
 		e = &tableEntry{res: shell, version: cachev3.HashResource(encoded)}
-		t.entries[digest] = e
+		t.entries[d] = e
 	}
 	e.gen = t.gen
 	return e.res, e.version, nil
@@ -258,6 +289,20 @@ func encodedResource(r types.Resource, encoded []byte) types.Resource {
 	shell := r.ProtoReflect().New()
 	shell.SetUnknown(protoreflect.RawFields(encoded))
 	return shell.Interface()
+}
+
+// keep marks entries as used by the current push without checking them
+// again: a group that keeps its listeners, routes and clusters on an
+// endpoint-only change still uses their entries, and a later translation
+// of an equal resource should find them rather than validate it anew.
+func (t *resourceTable) keep(used []digest) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range used {
+		if e, ok := t.entries[d]; ok {
+			e.gen = t.gen
+		}
+	}
 }
 
 // nextGeneration starts a full push.
