@@ -59,6 +59,8 @@ e2e: build kube-bins ## End-to-end tests (real meshd, real gRPC-Go xDS workloads
 .PHONY: test
 test: fmt-check vet lint kube-bins ## Everything CI runs: gofmt, vet, lint, unit, golden and e2e tests.
 	$(GO) test -count=1 $(GO_PACKAGES)
+	@echo "The real-Envoy test runs only when an envoy binary is on PATH; its outcome (a skip is not a pass):"
+	@$(GO) test -count=1 -v -run 'TestRealEnvoy$$' ./e2e/ | grep -E -- '--- (SKIP|PASS|FAIL)|SKIPPED'
 
 .PHONY: golden
 golden: ## Rewrite translation golden files (read the diff before committing!).
