@@ -122,7 +122,7 @@ func (t *envoyTranslation) inbound() {
 	t.res.Problems = append(t.res.Problems, peer.Problems...)
 
 	ports := inboundPorts(t.snap, t.proxy)
-	jwtFilter, issuers, jwtProblems := JWTAuthn(ras, t.opts.JWKS)
+	jwtFilter, issuers, jwtProblems := JWTAuthn(ras, keySets(t.snap, t.opts))
 	// Compiled for HTTP even when no port is HTTP, so mistakes in a policy
 	// are reported once whatever ports the workload has.
 	httpRBAC, rbacProblems := buildRBAC(authz, authzScope{issuers: issuers})

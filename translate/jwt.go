@@ -1,6 +1,8 @@
 package translate
 
 import (
+	"github.com/minimesh/minimesh/discovery/model"
+
 	"fmt"
 	"slices"
 
@@ -106,4 +108,20 @@ func JWTAuthn(ras []*policy.RequestAuthentication, jwks map[string]string) (*hcm
 		Name:       jwtAuthnFilterName,
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)},
 	}, issuers, problems
+}
+
+// keySets is the jwksUri → key set map translation uses: the keys meshd
+// fetched into the snapshot, then any given in Options (tests, overrides).
+func keySets(snap *model.Snapshot, opts Options) map[string]string {
+	if snap == nil || len(snap.JWKS) == 0 {
+		return opts.JWKS
+	}
+	out := make(map[string]string, len(snap.JWKS)+len(opts.JWKS))
+	for k, v := range opts.JWKS {
+		out[k] = v
+	}
+	for k, v := range snap.JWKS {
+		out[k] = v
+	}
+	return out
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/file"
+	"github.com/minimesh/minimesh/discovery/jwks"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/translate"
@@ -55,6 +56,8 @@ type serveConfig struct {
 	CAChain     string
 	WorkloadTTL time.Duration
 
+	JWKSRefresh time.Duration
+
 	XDSAuth      string
 	XDSTokenFile string
 	// XDSTokenAudiences are the audiences TokenReview accepts with
@@ -85,6 +88,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.CACert, "ca-cert", "", "plug-in CA: signing (intermediate) certificate PEM; needs --ca-key and --ca-chain")
 	fs.StringVar(&cfg.CAKey, "ca-key", "", "plug-in CA: private key PEM of --ca-cert")
 	fs.StringVar(&cfg.CAChain, "ca-chain", "", "plug-in CA: chain PEM from --ca-cert up to and including the organisation root")
+	fs.DurationVar(&cfg.JWKSRefresh, "jwks-refresh", 20*time.Minute, "how often key sets named by RequestAuthentication jwksUri are fetched again")
 	fs.DurationVar(&cfg.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half)")
 	fs.StringVar(&cfg.XDSAuth, "xds-auth", "", "how xDS callers authenticate: kubernetes (service-account tokens checked with TokenReview; "+
 		"the default with --kubeconfig/--in-cluster), static (bearer tokens from --xds-token-file; the default with --config-dir) or none (local use only)")
@@ -257,6 +261,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		src = file.New(cfg.ConfigDir, file.Options{}, log.With("source", "file"))
 	}
+	// Key sets named by jwksUri are fetched here, so proxies need no egress
+	// and translation does no I/O.
+	src = jwks.Wrap(src, jwks.Options{Refresh: cfg.JWKSRefresh, Log: log.With("component", "jwks")})
 
 	authority, err := ca.New(ca.Options{
 		Dir: cfg.CADir, CertFile: cfg.CACert, KeyFile: cfg.CAKey, ChainFile: cfg.CAChain,

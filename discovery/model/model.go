@@ -35,6 +35,10 @@ type Snapshot struct {
 	// Problems lists objects that were skipped (errors) or accepted with
 	// warnings. Translation never reads them; the debug API shows them.
 	Problems []Problem `json:"problems,omitempty"`
+	// JWKS holds the key sets fetched for RequestAuthentication jwksUri
+	// values, keyed by URI. Sources never fill it: discovery/jwks does,
+	// so translation can inline keys without doing I/O itself.
+	JWKS map[string]string `json:"jwks,omitempty"`
 }
 
 // Namespace is a Kubernetes namespace.
