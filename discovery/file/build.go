@@ -146,8 +146,14 @@ func (b *builder) add(d *document) {
 		b.errorf(o, "", "a document must be a mapping with apiVersion, kind, metadata and spec, not a list or a single value")
 		return
 	}
-	var h header
-	_ = json.Unmarshal(d.json, &h) // cannot fail on a JSON object; fields are checked below
+	if d.memo == nil {
+		d.memo = &docMemo{}
+	}
+	if d.memo.hdr == nil {
+		d.memo.hdr = &header{}
+		_ = json.Unmarshal(d.json, d.memo.hdr) // cannot fail on a JSON object; fields are checked below
+	}
+	h := *d.memo.hdr
 	apiVersion, _ := h.APIVersion.(string)
 	kind, _ := h.Kind.(string)
 	o.kind = kind
@@ -244,6 +250,24 @@ const maxTypeErrors = 10
 // problem in the object is reported, not only the first. It returns false
 // when the object must be skipped.
 func (b *builder) decodeStrict(o obj, into any, typeName string) bool {
+	// A clean decode of this document is reused: a shallow copy, which
+	// callers may change at the top level (they set the defaulted
+	// namespace) but never deeper.
+	if d := o.d.memo.decoded; d != nil && reflect.TypeOf(d) == reflect.TypeOf(into) {
+		reflect.ValueOf(into).Elem().Set(reflect.ValueOf(d).Elem())
+		return true
+	}
+	if b.decodeStrictOnce(o, into, typeName) {
+		copied := reflect.New(reflect.TypeOf(into).Elem())
+		copied.Elem().Set(reflect.ValueOf(into).Elem())
+		o.d.memo.decoded = copied.Interface()
+		o.d.memo.node = nil
+		return true
+	}
+	return false
+}
+
+func (b *builder) decodeStrictOnce(o obj, into any, typeName string) bool {
 	data, ix := o.d.json, o.d.ix
 	var omit map[string]bool
 	bad := false
@@ -290,7 +314,7 @@ func (b *builder) decodeStrict(o obj, into any, typeName string) bool {
 			data = slices.Clone(data)
 			copy(data[sp.offset:sp.end], "null"+strings.Repeat(" ", sp.end-sp.offset-len("null")))
 		} else {
-			data, ix, _ = toJSON(o.d.node, omit)
+			data, ix, _ = toJSON(o.d.memo.node, omit)
 		}
 		into = freshOf(into)
 	}

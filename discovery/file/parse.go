@@ -30,10 +30,25 @@ type document struct {
 	line int
 	// root is the kind of the document's top node; only mappings are objects.
 	root   yaml.Kind
-	node   *yaml.Node
 	json   []byte
 	ix     *fieldIndex
 	issues []fieldIssue
+
+	// memo keeps what decoding the document produced. A document never
+	// changes once parsed, and an unchanged file keeps its documents, so
+	// a directory of thousands of objects is decoded once, not on every
+	// change to one of them. A pointer, shared by copies of the document.
+	memo *docMemo
+}
+
+// docMemo is what decoding a document produced: its header, and the
+// object of a strict decode that found nothing wrong. node is the parsed
+// YAML, needed only to explain a decode that fails; it is dropped once the
+// document has decoded cleanly.
+type docMemo struct {
+	node    *yaml.Node
+	hdr     *header
+	decoded any
 }
 
 // yamlLine finds the line yaml.v3 puts in its syntax errors
@@ -61,7 +76,7 @@ func parseFile(f File) ([]document, *model.Problem) {
 		}
 		root := n.Content[0]
 		data, ix, issues := toJSON(root, nil)
-		docs = append(docs, document{file: f.Path, line: root.Line, root: root.Kind, node: root, json: data, ix: ix, issues: issues})
+		docs = append(docs, document{file: f.Path, line: root.Line, root: root.Kind, json: data, ix: ix, issues: issues, memo: &docMemo{node: root}})
 	}
 }
 

@@ -29,9 +29,11 @@ type Source struct {
 	log  *slog.Logger
 
 	// quiet is how long the directory must be still before it is read
-	// again, so an editor's save (write, rename, chmod) or a `cp -r` is
+	// again, so that the events of one save (write, rename, chmod) make
 	// one reload; maxDelay bounds the wait under a steady stream of
-	// writes. The xDS layer debounces pushes separately.
+	// writes. It is short because it only saves reloads: the xDS layer
+	// debounces pushes (100ms of quiet by default), so a file read
+	// half-written and read again a moment later is pushed once, whole.
 	quiet, maxDelay time.Duration
 	// retry is how often an unreadable directory is tried again.
 	retry time.Duration
@@ -62,7 +64,7 @@ func New(dir string, opts Options, log *slog.Logger) *Source {
 	}
 	return &Source{
 		dir: dir, opts: opts, log: log,
-		quiet: 50 * time.Millisecond, maxDelay: 500 * time.Millisecond, retry: time.Second,
+		quiet: 10 * time.Millisecond, maxDelay: 500 * time.Millisecond, retry: time.Second,
 		files: map[string]*fileState{}, watched: map[string]bool{},
 	}
 }
@@ -129,6 +131,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			arm(s.quiet)
 		case <-timer.C:
 			firstPending = time.Time{}
+			started := time.Now()
 			if err := s.reload(w); err != nil {
 				s.log.Error("config directory cannot be read; keeping the last loaded mesh and trying again",
 					"dir", s.dir, "err", err, "retry", s.retry)
@@ -136,6 +139,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 				continue
 			}
 			s.publishIfChanged(publish)
+			s.log.Debug("config directory re-read", "took", time.Since(started))
 		}
 	}
 }
