@@ -81,11 +81,35 @@ func ClusterLoadAssignment(cluster string, eps []model.Endpoint, targetPort uint
 // once per flavour on a change that touches only endpoints (see
 // OnlyEndpointsDiffer), instead of translating every group again.
 func EndpointsFor(snap *model.Snapshot, f Flavor, opts Options) map[string]*endpointv3.ClusterLoadAssignment {
+	inputs := AssignmentInputs(snap, f, opts)
+	out := make(map[string]*endpointv3.ClusterLoadAssignment, len(inputs))
+	for name, in := range inputs {
+		out[name] = Assignment(f, name, in)
+	}
+	return out
+}
+
+// AssignmentInput is everything one outbound cluster's assignment is built
+// from (see Assignment): equal inputs give equal assignments.
+type AssignmentInput struct {
+	Endpoints  []model.Endpoint
+	TargetPort uint32
+}
+
+// Equal reports whether a and b give the same assignment.
+func (a AssignmentInput) Equal(b AssignmentInput) bool {
+	return a.TargetPort == b.TargetPort && slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// AssignmentInputs returns the input of every assignment EndpointsFor
+// builds, keyed by cluster name, so that a caller keeping the previous
+// assignments can rebuild only those whose input changed.
+func AssignmentInputs(snap *model.Snapshot, f Flavor, opts Options) map[string]AssignmentInput {
 	opts = opts.WithDefaults()
 	if snap == nil {
-		return map[string]*endpointv3.ClusterLoadAssignment{}
+		return map[string]AssignmentInput{}
 	}
-	out := make(map[string]*endpointv3.ClusterLoadAssignment, len(snap.Services))
+	out := make(map[string]AssignmentInput, len(snap.Services))
 	for i := range snap.Services {
 		s := &snap.Services[i]
 		fqdn := FQDN(s.Name, s.Namespace, opts.ClusterDomain)
@@ -101,15 +125,18 @@ func EndpointsFor(snap *model.Snapshot, f Flavor, opts Options) map[string]*endp
 			if se := snap.EndpointsFor(s.Namespace, s.Name, sp.Port); se != nil {
 				eps = se.Endpoints
 			}
-			switch f {
-			case FlavorProxyless:
-				out[name] = ProxylessClusterLoadAssignment(name, eps, uint32(sp.TargetPort))
-			default:
-				out[name] = ClusterLoadAssignment(name, eps, uint32(sp.TargetPort))
-			}
+			out[name] = AssignmentInput{Endpoints: eps, TargetPort: uint32(sp.TargetPort)}
 		}
 	}
 	return out
+}
+
+// Assignment builds the assignment of cluster name for flavour f.
+func Assignment(f Flavor, name string, in AssignmentInput) *endpointv3.ClusterLoadAssignment {
+	if f == FlavorProxyless {
+		return ProxylessClusterLoadAssignment(name, in.Endpoints, in.TargetPort)
+	}
+	return ClusterLoadAssignment(name, in.Endpoints, in.TargetPort)
 }
 
 // outboundPort reports whether a service port can have an outbound cluster

@@ -211,9 +211,14 @@ func (s *Server) SyncStatus() SyncStatus {
 			for _, t := range configTypes {
 				gs.Versions[shortType(t)] = g.snap.GetVersion(t)
 			}
+			if v, ok := s.eds.flavor(g.proxy.Flavor).required(g.edsNames); ok {
+				gs.Versions[typeEDS] = v
+			}
 		}
 		if g.err != nil {
 			gs.Error, gs.ErrorKind, gs.ErrorAt = g.err.Error(), g.err.kind, g.errAt
+		} else if err := s.eds.flavor(g.proxy.Flavor).invalidAmong(g.edsNames); err != nil {
+			gs.Error, gs.ErrorKind = "endpoints not published, the proxies keep the last valid ones: "+err.Error(), errInvalid
 		}
 		out.Groups = append(out.Groups, gs)
 	}
@@ -264,7 +269,7 @@ func (s *Server) proxyStatus(n *nodeState) ProxyStatus {
 			}
 		}
 		for typ, ts := range st.types {
-			ts := typeStatus(n, typ, ts)
+			ts := s.typeStatus(n, typ, ts)
 			ss.Types[typ] = ts
 			// A refused stream gets nothing more; it says nothing about
 			// the node unless it is all the node has.
@@ -304,33 +309,25 @@ func sortedStreams(n *nodeState) []*stream {
 	return out
 }
 
-// currentVersion is the version of a type meshd wants the node to have.
-func currentVersion(n *nodeState, typ string) string {
-	snap := n.configSnap
-	if typ == typeSDS {
-		snap = n.secretSnap
-		if !n.secretsSet {
-			snap = nil
-		}
-	}
-	if snap == nil {
-		return ""
-	}
-	return snap.GetVersion(typeURLOf(typ))
-}
-
-// typeStatus rates one stream's exchange of one type.
-func typeStatus(n *nodeState, typ string, ts *typeState) TypeStatus {
+// typeStatus rates one stream's exchange of one type. Called with mu held.
+func (s *Server) typeStatus(n *nodeState, typ string, ts *typeState) TypeStatus {
+	current, _ := s.servedVersions(n, typ)
 	st := TypeStatus{
-		Current: currentVersion(n, typ), Sent: ts.Sent, Acked: ts.Acked, Nacked: ts.Nacked, NackError: ts.NackError,
+		Current: current, Sent: ts.Sent, Acked: ts.Acked, Nacked: ts.Nacked, NackError: ts.NackError,
 		SentAt: ts.SentAt, AckedAt: ts.AckedAt, NackedAt: ts.NackedAt,
+	}
+	// Endpoint versions count up across the flavour: a proxy is in sync
+	// once it ACKed the newest change among its assignments, or later.
+	reached := func(v string) bool { return v == st.Current }
+	if typ == typeEDS {
+		reached = func(v string) bool { return s.eds.holds(v, st.Current) }
 	}
 	switch {
 	case st.Current == "":
 		st.State = StateNotSent
-	case st.Acked == st.Current:
+	case reached(st.Acked):
 		st.State = StateSynced
-	case st.Nacked == st.Current:
+	case reached(st.Nacked):
 		st.State = StateNacked
 	default:
 		st.State = StateStale
@@ -356,11 +353,18 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 	if !n.secretsSet {
 		sec = nil
 	}
+	ev, _ := s.servedVersions(n, typeEDS)
+	var assignments map[string]types.ResourceWithTTL
+	if g := s.groups[n.group]; g != nil && ev != "" {
+		assignments = s.eds.flavor(n.flavor).resources(g.edsNames)
+	}
 	// Per type, the state of the stream least in sync, as syncz shows.
 	states := s.proxyStatus(n).Types
 	s.mu.Unlock()
 
-	status := func(typ, version string) (adminv3.ClientResourceStatus, *timestamppb.Timestamp) {
+	// Every resource shown is the current version of its type, so its
+	// status is the type's state.
+	status := func(typ string) (adminv3.ClientResourceStatus, *timestamppb.Timestamp) {
 		ts, ok := states[typ]
 		if !ok {
 			return adminv3.ClientResourceStatus_UNKNOWN, nil
@@ -369,20 +373,23 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 		if !ts.SentAt.IsZero() {
 			at = timestamppb.New(ts.SentAt)
 		}
-		switch version {
-		case ts.Acked:
+		switch ts.State {
+		case StateSynced:
 			return adminv3.ClientResourceStatus_ACKED, at
-		case ts.Nacked:
+		case StateNacked:
 			return adminv3.ClientResourceStatus_NACKED, at
 		default:
 			return adminv3.ClientResourceStatus_REQUESTED, at
 		}
 	}
 	each := func(snap *cachev3.Snapshot, typeURL string, f func(name string, a *anypb.Any) error) error {
-		if snap == nil {
-			return nil
+		var items map[string]types.ResourceWithTTL
+		switch {
+		case typeURL == resourcev3.EndpointType:
+			items = assignments
+		case snap != nil:
+			items = snap.GetResourcesAndTTL(typeURL)
 		}
-		items := snap.GetResourcesAndTTL(typeURL)
 		for _, name := range sortedNames(items) {
 			msg := items[name].Resource
 			if typeURL == resourcev3.SecretType {
@@ -411,13 +418,12 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 	clusters := &adminv3.ClustersConfigDump{VersionInfo: cv}
 	rv := version(cfg, resourcev3.RouteType)
 	routes := &adminv3.RoutesConfigDump{}
-	ev := version(cfg, resourcev3.EndpointType)
 	endpoints := &adminv3.EndpointsConfigDump{}
 	sv := version(sec, resourcev3.SecretType)
 	secrets := &adminv3.SecretsConfigDump{}
 	err := firstErr(
 		each(cfg, resourcev3.ListenerType, func(name string, a *anypb.Any) error {
-			st, at := status(typeLDS, lv)
+			st, at := status(typeLDS)
 			listeners.DynamicListeners = append(listeners.DynamicListeners, &adminv3.ListenersConfigDump_DynamicListener{
 				Name:         name,
 				ActiveState:  &adminv3.ListenersConfigDump_DynamicListenerState{VersionInfo: lv, Listener: a, LastUpdated: at},
@@ -426,28 +432,28 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 			return nil
 		}),
 		each(cfg, resourcev3.ClusterType, func(_ string, a *anypb.Any) error {
-			st, at := status(typeCDS, cv)
+			st, at := status(typeCDS)
 			clusters.DynamicActiveClusters = append(clusters.DynamicActiveClusters, &adminv3.ClustersConfigDump_DynamicCluster{
 				VersionInfo: cv, Cluster: a, LastUpdated: at, ClientStatus: st,
 			})
 			return nil
 		}),
 		each(cfg, resourcev3.RouteType, func(_ string, a *anypb.Any) error {
-			st, at := status(typeRDS, rv)
+			st, at := status(typeRDS)
 			routes.DynamicRouteConfigs = append(routes.DynamicRouteConfigs, &adminv3.RoutesConfigDump_DynamicRouteConfig{
 				VersionInfo: rv, RouteConfig: a, LastUpdated: at, ClientStatus: st,
 			})
 			return nil
 		}),
 		each(cfg, resourcev3.EndpointType, func(_ string, a *anypb.Any) error {
-			st, at := status(typeEDS, ev)
+			st, at := status(typeEDS)
 			endpoints.DynamicEndpointConfigs = append(endpoints.DynamicEndpointConfigs, &adminv3.EndpointsConfigDump_DynamicEndpointConfig{
 				VersionInfo: ev, EndpointConfig: a, LastUpdated: at, ClientStatus: st,
 			})
 			return nil
 		}),
 		each(sec, resourcev3.SecretType, func(name string, a *anypb.Any) error {
-			st, at := status(typeSDS, sv)
+			st, at := status(typeSDS)
 			secrets.DynamicActiveSecrets = append(secrets.DynamicActiveSecrets, &adminv3.SecretsConfigDump_DynamicSecret{
 				Name: name, VersionInfo: sv, Secret: a, LastUpdated: at, ClientStatus: st,
 			})

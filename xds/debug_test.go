@@ -163,17 +163,17 @@ func TestDisconnectForgetsProxy(t *testing.T) {
 	c := h.client("product-0", "default", "127.0.0.2", true, nil)
 	h.waitComplete(c)
 	node := nodeID("product-0", "default", "127.0.0.2")
-	if _, err := h.srv.config.GetSnapshot(node); err != nil {
-		t.Fatalf("no snapshot for a connected proxy: %v", err)
+	if h.srv.config.served(node) == nil {
+		t.Fatal("no snapshot for a connected proxy")
 	}
 	// End this client's stream only.
 	if err := h.conn.Close(); err != nil {
 		t.Fatal(err)
 	}
 	h.eventually("the proxy to be forgotten", func() bool {
-		_, errCfg := h.srv.config.GetSnapshot(node)
+		errCfg := h.srv.config.served(node) == nil
 		_, errSec := h.srv.secrets.GetSnapshot(node)
-		return len(h.srv.SyncStatus().Proxies) == 0 && errCfg != nil && errSec != nil
+		return len(h.srv.SyncStatus().Proxies) == 0 && errCfg && errSec != nil
 	})
 	if got := value(h.srv.m.connected); got != 0 {
 		t.Errorf("connected proxies = %v, want 0", got)

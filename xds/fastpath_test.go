@@ -55,6 +55,7 @@ func TestEndpointOnlyChangeSkipsTranslation(t *testing.T) {
 	if len(before) != 2 {
 		t.Fatalf("groups = %d, want 2 (one per flavour)", len(before))
 	}
+	edsBefore := groupEDSVersions(h)
 	gwBefore, gwEDS, grpcEDS := snapshotOf(gw), gw.Version(xdstest.EDS), grpc.Version(xdstest.EDS)
 
 	calls.Store(0)
@@ -82,7 +83,12 @@ func TestEndpointOnlyChangeSkipsTranslation(t *testing.T) {
 				}
 			}
 		}
-		if old.Resources[types.Endpoint].Version == now.Resources[types.Endpoint].Version {
+		if len(now.Resources[types.Endpoint].Items) != 0 {
+			t.Errorf("group %s: its snapshot holds assignments; the endpoint cache serves them", key)
+		}
+	}
+	for key, v := range groupEDSVersions(h) {
+		if v == edsBefore[key] {
 			t.Errorf("group %s: EDS version unchanged after a new product endpoint", key)
 		}
 	}
@@ -121,6 +127,15 @@ spec:
 	if got := calls.Load(); got != 2 {
 		t.Errorf("translations on a policy change = %d, want 2 (one per group)", got)
 	}
+}
+
+// groupEDSVersions returns the EDS version of every group, as syncz shows it.
+func groupEDSVersions(h *harness) map[string]string {
+	out := map[string]string{}
+	for _, g := range h.srv.SyncStatus().Groups {
+		out[g.Key] = g.Versions[typeEDS]
+	}
+	return out
 }
 
 // hasEndpoint reports whether any assignment the client holds lists ip.

@@ -122,9 +122,9 @@ func TestSeveralStreamsPerNode(t *testing.T) {
 		// The last stream ends: the node is forgotten.
 		closeWorkload()
 		h.eventually("the node to be forgotten", func() bool {
-			_, errCfg := h.srv.config.GetSnapshot(node)
+			errCfg := h.srv.config.served(node) == nil
 			_, errSec := h.srv.secrets.GetSnapshot(node)
-			return len(h.srv.SyncStatus().Proxies) == 0 && errCfg != nil && errSec != nil
+			return len(h.srv.SyncStatus().Proxies) == 0 && errCfg && errSec != nil
 		})
 		if got := value(h.srv.m.connected); got != 0 {
 			t.Errorf("connected proxies = %v, want 0", got)
@@ -347,20 +347,30 @@ func TestResyncAfterRestart(t *testing.T) {
 			}
 			return len(ps.Types) == 5
 		})
-		// Configuration is content-hashed, so the new meshd's versions
-		// are the old ones: named types need no response at all (SOTW
-		// sends none; delta answers only wildcard subscriptions, empty).
-		for _, typ := range []string{xdstest.EDS, xdstest.RDS} {
-			if got := resumed.Responses(typ); got != 0 {
-				t.Errorf("%s responses to a proxy already holding the current version = %d, want 0", typ, got)
-			}
+		// Listeners, routes and clusters are content-hashed, so the new
+		// meshd's versions are the old ones: they need no response at
+		// all (SOTW sends none; delta answers only wildcard
+		// subscriptions, empty). Delta proxies name the versions of
+		// their assignments, so those need none either; a SOTW
+		// version_info cannot say which assignments the proxy holds, so
+		// the new meshd sends them once. Nothing is ever withdrawn.
+		if got := resumed.Responses(xdstest.RDS); got != 0 {
+			t.Errorf("RDS responses to a proxy already holding the current version = %d, want 0", got)
 		}
+		wantEDS := 0
 		if !delta {
+			wantEDS = 1
 			for _, typ := range []string{xdstest.CDS, xdstest.LDS} {
 				if got := resumed.Responses(typ); got != 0 {
 					t.Errorf("%s responses to a proxy already holding the current version = %d, want 0", typ, got)
 				}
 			}
+		}
+		if got := resumed.Responses(xdstest.EDS); got != wantEDS {
+			t.Errorf("EDS responses to a proxy already holding the current assignments = %d, want %d", got, wantEDS)
+		}
+		if got, want := len(resumed.Resources(xdstest.EDS)), len(c.Resources(xdstest.EDS)); got != want {
+			t.Errorf("the resumed proxy holds %d assignments, want the %d it had", got, want)
 		}
 		// Its certificate is new (a new CA here); that one was sent.
 		if got := resumed.Acks(xdstest.SDS); got != 1 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -12,7 +11,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/hashicorp/go-multierror"
 
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
@@ -25,8 +23,10 @@ import (
 type group struct {
 	key   string
 	proxy translate.Proxy
-	// snap is the last snapshot that passed every check; nil until one has.
+	// snap is the last snapshot that passed every check, nil until one
+	// has, and pub the same ready to send.
 	snap     *cachev3.Snapshot
+	pub      *published
 	builtAt  time.Time
 	problems policy.Problems
 	// err is why the latest translation was not published.
@@ -40,6 +40,9 @@ type group struct {
 	// of those resources: what an endpoint-only change needs to keep them.
 	from *model.Snapshot
 	used []digest
+	// edsNames are the assignments its clusters use, sorted; the
+	// endpointCache serves them.
+	edsNames []string
 }
 
 type trigger struct {
@@ -60,18 +63,22 @@ type built struct {
 	key      string
 	proxy    translate.Proxy
 	snap     *cachev3.Snapshot
+	pub      *published
 	problems policy.Problems
 	err      *configError
 	from     *model.Snapshot
 	used     []digest
+	edsNames []string
 }
 
 // reusable is what an endpoint-only change keeps of a group's last
 // published snapshot.
 type reusable struct {
 	snap     *cachev3.Snapshot
+	pub      *published
 	from     *model.Snapshot
 	used     []digest
+	edsNames []string
 	problems policy.Problems
 }
 
@@ -164,7 +171,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 			// A group whose last translation failed is translated
 			// again: only that can clear (or update) its error.
 			if g != nil && g.snap != nil && g.err == nil && g.from != nil {
-				prev[key] = reusable{snap: g.snap, from: g.from, used: g.used, problems: g.problems}
+				prev[key] = reusable{snap: g.snap, pub: g.pub, from: g.from, used: g.used, edsNames: g.edsNames, problems: g.problems}
 			}
 		}
 	}
@@ -175,12 +182,29 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	// listeners, routes and clusters and gets new assignments instead.
 	results := s.build(m, need, prev)
 
-	// 3. Install what passed; decide what each node gets.
+	// 3. Endpoints first, so that a new cluster finds its assignment
+	// already there; then check that every group's clusters have theirs.
+	gone := s.publishEndpoints(m, changedAt)
+	for i, r := range results {
+		if r.err != nil {
+			continue
+		}
+		if err := s.eds.flavor(r.proxy.Flavor).missing(r.edsNames); err != nil {
+			results[i].err = &configError{kind: errInconsistent, err: fmt.Errorf("a cluster refers to a load assignment that is not published: %w", err)}
+		}
+	}
+
+	// 4. Install what passed; decide what each node gets.
 	type setSnap struct {
 		nodeID string
 		snap   *cachev3.Snapshot
 	}
-	var sets, secretSets []setSnap
+	type setPub struct {
+		nodeID string
+		pub    *published
+	}
+	var sets []setPub
+	var secretSets []setSnap
 	var issue []target
 	s.mu.Lock()
 	now := s.now()
@@ -207,8 +231,8 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 				g.triggers[typ] = trigger{version: v, at: changedAt}
 			}
 		}
-		g.snap, g.builtAt, g.problems, g.err = r.snap, now, r.problems, nil
-		g.from, g.used = r.from, r.used
+		g.snap, g.pub, g.builtAt, g.problems, g.err = r.snap, r.pub, now, r.problems, nil
+		g.from, g.used, g.edsNames = r.from, r.used, r.edsNames
 	}
 	for _, t := range targets {
 		n := t.n
@@ -220,7 +244,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		n.group = t.key
 		if g := s.groups[t.key]; g != nil && g.snap != nil && n.configSnap != g.snap {
 			n.configSnap = g.snap
-			sets = append(sets, setSnap{n.id, g.snap})
+			sets = append(sets, setPub{n.id, g.pub})
 		}
 		if s.opts.CA == nil || !n.wantsSecrets {
 			continue
@@ -251,11 +275,9 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	}
 	s.mu.Unlock()
 
-	// 4. Publish. Versions that did not change answer no watch.
+	// 5. Publish. Versions that did not change answer no watch.
 	for _, set := range sets {
-		if err := s.config.SetSnapshot(context.Background(), set.nodeID, set.snap); err != nil {
-			s.log.Error("publishing a snapshot failed", "node", set.nodeID, "error", err)
-		}
+		s.config.SetSnapshot(set.nodeID, set.pub)
 	}
 	for _, set := range secretSets {
 		if err := s.secrets.SetSnapshot(context.Background(), set.nodeID, set.snap); err != nil {
@@ -274,6 +296,83 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	}
 	for _, t := range issue {
 		s.issue(t.n, t.identity)
+	}
+	// 6. Withdraw the assignments that no published cluster uses any more.
+	s.removeUnusedEndpoints(gone)
+}
+
+// publishEndpoints brings the endpoint cache of every flavour up to date
+// with model m, unless it already is, whether or not a proxy of that
+// flavour is connected: a proxy that connects later then finds them ready.
+// It returns, per flavour, the assignments the model no longer has, to be
+// withdrawn once no group refers to them (removeUnusedEndpoints). Called
+// with buildMu held.
+func (s *Server) publishEndpoints(m *model.Snapshot, changedAt time.Time) map[translate.Flavor][]string {
+	if m == nil {
+		return nil
+	}
+	gone := map[translate.Flavor][]string{}
+	defer s.eds.refreshNames()
+	for _, f := range []translate.Flavor{translate.FlavorEnvoy, translate.FlavorProxyless} {
+		if s.edsFrom[f] == m {
+			continue
+		}
+		names, err := s.eds.flavor(f).update(s.checkAssignments(m, f), changedAt)
+		s.edsFrom[f] = m
+		gone[f] = names
+		if err == nil {
+			s.edsErr[f] = ""
+			continue
+		}
+		s.m.configErrors.WithLabelValues(errInvalid).Inc()
+		if s.edsErr[f] != err.Error() {
+			s.edsErr[f] = err.Error()
+			s.log.Error("not publishing invalid endpoints; proxies keep the last valid assignment of those clusters",
+				"flavor", f, "error", err)
+		}
+	}
+	return gone
+}
+
+// removeUnusedEndpoints withdraws the assignments in gone that no group's
+// published clusters use. One still in use (its group's new configuration
+// was refused, so the group serves its last good one) stays until it is
+// not. Called with buildMu held.
+func (s *Server) removeUnusedEndpoints(gone map[translate.Flavor][]string) {
+	if len(gone) == 0 {
+		return
+	}
+	s.mu.Lock()
+	used := map[translate.Flavor]map[string]bool{}
+	for _, g := range s.groups {
+		if g.snap == nil {
+			continue
+		}
+		u := used[g.proxy.Flavor]
+		if u == nil {
+			u = map[string]bool{}
+			used[g.proxy.Flavor] = u
+		}
+		for _, n := range g.edsNames {
+			u[n] = true
+		}
+	}
+	s.mu.Unlock()
+	for f, names := range gone {
+		var drop []string
+		for _, n := range names {
+			if !used[f][n] {
+				drop = append(drop, n)
+			}
+		}
+		s.eds.flavor(f).remove(drop)
+		if len(drop) > 0 {
+			s.eds.refreshNames()
+		}
+		// Still-used ones are offered again next time.
+		if len(drop) < len(names) {
+			delete(s.edsFrom, f)
+		}
 	}
 }
 
@@ -324,6 +423,10 @@ func (s *Server) buildGroup(m *model.Snapshot, b built) built {
 		res = &translate.Resources{}
 	}
 	b.problems, b.from = res.Problems, m
+	for _, cla := range res.Endpoints {
+		b.edsNames = append(b.edsNames, cla.GetClusterName())
+	}
+	slices.Sort(b.edsNames)
 	snap, err := groupSnapshotUsing(res, s.resources, &b.used)
 	if err != nil {
 		var ce *configError
@@ -333,16 +436,20 @@ func (s *Server) buildGroup(m *model.Snapshot, b built) built {
 		b.err = ce
 		return b
 	}
-	b.snap = snap
+	pub, err := publish(snap)
+	if err != nil {
+		b.err = &configError{kind: errInvalid, err: err}
+		return b
+	}
+	b.snap, b.pub = snap, pub
 	return b
 }
 
 // reuse serves the groups of need that have a snapshot in prev and for
 // which the change from the model of that snapshot to m touches only
-// endpoints (translate.OnlyEndpointsDiffer): each keeps its listeners,
-// routes and clusters, with their versions, and gets m's assignments for
-// the clusters it has. Assignments are built once per flavour and each
-// distinct one is encoded and validated once, not once per group. The
+// endpoints (translate.OnlyEndpointsDiffer): each keeps its snapshot of
+// listeners, routes and clusters as it is, so its proxies are not even
+// asked, and the endpoint cache sends them the changed assignments. The
 // groups it cannot serve are returned for translation.
 func (s *Server) reuse(m *model.Snapshot, need map[string]translate.Proxy, prev map[string]reusable) ([]built, map[string]translate.Proxy) {
 	type comparison struct {
@@ -350,7 +457,6 @@ func (s *Server) reuse(m *model.Snapshot, need map[string]translate.Proxy, prev 
 		flavor translate.Flavor
 	}
 	same := map[comparison]bool{}
-	assignments := map[translate.Flavor]map[string]checkedAssignment{}
 	rest := make(map[string]translate.Proxy, len(need))
 	var out []built
 	for key, px := range need {
@@ -369,18 +475,8 @@ func (s *Server) reuse(m *model.Snapshot, need map[string]translate.Proxy, prev 
 			rest[key] = px
 			continue
 		}
-		byName, ok := assignments[px.Flavor]
-		if !ok {
-			byName = s.checkAssignments(m, px.Flavor)
-			assignments[px.Flavor] = byName
-		}
-		b, ok := swapAssignments(built{key: key, proxy: px, problems: p.problems, from: m, used: p.used}, p.snap, byName)
-		if !ok {
-			rest[key] = px
-			continue
-		}
 		s.resources.keep(p.used)
-		out = append(out, b)
+		out = append(out, built{key: key, proxy: px, snap: p.snap, pub: p.pub, problems: p.problems, from: m, used: p.used, edsNames: p.edsNames})
 	}
 	if len(out) > 0 {
 		s.log.Debug("endpoint-only change: groups keep their listeners, routes and clusters", "groups", len(out), "translated", len(rest))
@@ -397,65 +493,44 @@ type checkedAssignment struct {
 }
 
 // checkAssignments builds m's assignments for flavour f and checks each.
+// An assignment whose input is the same as in the previous call is not
+// built again: an endpoint change rebuilds one assignment, not all.
+// Called with buildMu held.
 func (s *Server) checkAssignments(m *model.Snapshot, f translate.Flavor) map[string]checkedAssignment {
-	assignments := translate.EndpointsFor(m, f, s.opts.Translate)
-	out := make(map[string]checkedAssignment, len(assignments))
-	for name, cla := range assignments {
-		encoded, err := cachev3.MarshalResource(cla)
-		if err != nil {
-			out[name] = checkedAssignment{err: fmt.Errorf("marshalling eds resource %q: %w", name, err)}
+	inputs := translate.AssignmentInputs(m, f, s.opts.Translate)
+	prev := s.edsBuilt[f]
+	built := make(map[string]builtAssignment, len(inputs))
+	out := make(map[string]checkedAssignment, len(inputs))
+	for name, in := range inputs {
+		if p, ok := prev[name]; ok && p.in.Equal(in) {
+			built[name] = p
+			out[name] = p.checked
 			continue
 		}
-		res, version, err := s.resources.check(resourcev3.EndpointType, cla, encoded)
-		if version == "" {
-			version = cachev3.HashResource(encoded)
+		cla := translate.Assignment(f, name, in)
+		var c checkedAssignment
+		encoded, err := cachev3.MarshalResource(cla)
+		if err != nil {
+			c.err = fmt.Errorf("marshalling eds resource %q: %w", name, err)
+		} else {
+			c.res, c.version, c.err = s.resources.check(resourcev3.EndpointType, cla, encoded)
+			if c.version == "" {
+				c.version = cachev3.HashResource(encoded)
+			}
 		}
-		out[name] = checkedAssignment{res: res, version: version, err: err}
+		out[name] = c
+		if c.err == nil {
+			built[name] = builtAssignment{in: in, checked: c}
+		}
 	}
+	s.edsBuilt[f] = built
 	return out
 }
 
-// swapAssignments completes b from the group's last snapshot with the
-// assignments of byName for the clusters it has. It returns false when one
-// of them is missing, which an endpoint-only change cannot cause: the
-// group is then translated in full. When no assignment changed, the last
-// snapshot itself is kept, so its proxies are not even asked.
-func swapAssignments(b built, last *cachev3.Snapshot, byName map[string]checkedAssignment) (built, bool) {
-	old := last.Resources[types.Endpoint]
-	items := make(map[string]types.ResourceWithTTL, len(old.Items))
-	versions := make(map[string]string, len(old.Items))
-	names := make([]string, 0, len(old.Items))
-	var invalid *multierror.Error
-	for name := range old.Items {
-		c, ok := byName[name]
-		if !ok {
-			return b, false
-		}
-		if c.err != nil {
-			invalid = multierror.Append(invalid, c.err)
-			continue
-		}
-		items[name] = types.ResourceWithTTL{Resource: c.res}
-		versions[name] = c.version
-		names = append(names, name)
-	}
-	if err := invalid.ErrorOrNil(); err != nil {
-		b.err = &configError{kind: errInvalid, err: err}
-		return b, true
-	}
-	version := typeVersion(names, versions)
-	if version == old.Version {
-		b.snap = last
-		return b, true
-	}
-	snap := &cachev3.Snapshot{Resources: last.Resources, VersionMap: maps.Clone(last.VersionMap)}
-	if snap.VersionMap == nil {
-		snap.VersionMap = map[string]map[string]string{}
-	}
-	snap.Resources[types.Endpoint] = cachev3.Resources{Version: version, Items: items}
-	snap.VersionMap[resourcev3.EndpointType] = versions
-	b.snap = snap
-	return b, true
+// builtAssignment is an assignment checkAssignments built, with its input.
+type builtAssignment struct {
+	in      translate.AssignmentInput
+	checked checkedAssignment
 }
 
 // issue gives a node a fresh certificate for id and publishes its secrets

@@ -190,7 +190,7 @@ func scaleRun(tb testing.TB, m *model.Snapshot, nodes []string, change *model.Sn
 						close(allDone)
 					}
 				}
-				if typeURL == xdstest.EDS && wantEDS != "" && version == wantEDS {
+				if typeURL == xdstest.EDS && wantEDS != "" && srv.eds.holds(version, wantEDS) {
 					edsDone++
 					if edsDone == len(nodes) {
 						close(edsAll)
@@ -217,15 +217,15 @@ func scaleRun(tb testing.TB, m *model.Snapshot, nodes []string, change *model.Sn
 	for srv.pushesDone.Load() == n {
 		time.Sleep(time.Millisecond)
 	}
+	mu.Lock()
 	srv.mu.Lock()
 	for _, g := range srv.groups {
-		wantEDS = g.snap.GetVersion(xdstest.EDS)
+		wantEDS, _ = srv.eds.flavor(g.proxy.Flavor).required(g.edsNames)
 		break
 	}
 	srv.mu.Unlock()
-	mu.Lock()
 	for _, a := range acked {
-		if a[xdstest.EDS] == wantEDS {
+		if srv.eds.holds(a[xdstest.EDS], wantEDS) {
 			edsDone++
 		}
 	}

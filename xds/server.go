@@ -19,16 +19,20 @@
 // renewed once per node, and kept for a short grace period after the last
 // stream closes so that a reconnect gets the same one.
 //
-// Two snapshot caches sit behind one MuxCache: one for listeners, routes,
-// clusters and endpoints, one for secrets. Both are keyed by node ID, not by
-// group: a proxy's entry in the config cache points at its group's shared,
-// immutable snapshot, so memory and translation are still per group. Keying
-// by node keeps all of a proxy's open watches, on all its streams, in one
-// place whatever happens to its group: a proxy whose pod is not known yet simply has no snapshot (its
+// Four go-control-plane caches sit behind one MuxCache. Two snapshot
+// caches, one for listeners, routes and clusters and one for secrets, are
+// keyed by node ID, not by group: a proxy's entry in the config cache
+// points at its group's shared, immutable snapshot, so memory and
+// translation are still per group. Keying by node keeps all of a proxy's
+// open watches, on all its streams, in one place whatever happens to its
+// group: a proxy whose pod is not known yet simply has no snapshot (its
 // watches stay open, SOTW and delta alike), and a pod whose labels change
 // moves to another group without any watch being stranded under the old
 // group's key. Setting the same snapshot again is free: go-control-plane
-// answers only watches whose version differs.
+// answers only watches whose version differs. Endpoints are the same for
+// every proxy of a flavour, so they live in one LinearCache per flavour
+// (see endpointCache), which sends each proxy only the assignments that
+// changed.
 package xds
 
 import (
@@ -43,6 +47,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -84,6 +89,9 @@ type Options struct {
 	Registry prometheus.Registerer
 	// Log is the logger (default slog.Default()).
 	Log *slog.Logger
+	// SendBudget bounds the bytes of responses sent to proxies and not
+	// yet answered (default DefaultSendBudget); see sendBudget.
+	SendBudget int64
 	// Now is the clock for certificate renewal decisions and the
 	// timestamps the debug API shows (default time.Now). Debounce and
 	// latency metrics always use the monotonic wall clock.
@@ -103,9 +111,12 @@ type Server struct {
 	translate func(*model.Snapshot, translate.Proxy, translate.Options) *translate.Resources
 	resources *resourceTable // validated, shared resource contents
 
-	config  cachev3.SnapshotCache // LDS, RDS, CDS, EDS by node ID
+	config  *configCache          // LDS, RDS, CDS by node ID
 	secrets cachev3.SnapshotCache // SDS by node ID
+	eds     *endpointCache        // EDS, one shared collection per flavour
 	cache   cachev3.Cache         // what the xDS server watches
+
+	budget *sendBudget
 
 	events    chan event
 	renewKick chan struct{}
@@ -121,6 +132,14 @@ type Server struct {
 	// always the outcome of the latest decision. It is never taken while
 	// holding mu.
 	buildMu sync.Mutex
+	// edsFrom is, per flavour, the model the endpoint cache was last
+	// brought up to date with, and edsErr the last error that update
+	// logged. Guarded by buildMu.
+	edsFrom map[translate.Flavor]*model.Snapshot
+	edsErr  map[translate.Flavor]string
+	// edsBuilt keeps, per flavour, the assignments last built and what
+	// they were built from (see checkAssignments).
+	edsBuilt map[translate.Flavor]map[string]builtAssignment
 
 	// mu guards the fields below. It is never held while calling into the
 	// caches: go-control-plane delivers responses to stream goroutines
@@ -150,6 +169,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.DebounceMax < opts.DebounceAfter {
 		return nil, fmt.Errorf("debounce maximum %s is shorter than the quiet period %s; set the maximum at least as long", opts.DebounceMax, opts.DebounceAfter)
+	}
+	if opts.SendBudget < 0 {
+		return nil, fmt.Errorf("the send budget must not be negative (%d bytes)", opts.SendBudget)
+	}
+	if opts.SendBudget == 0 {
+		opts.SendBudget = DefaultSendBudget
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -181,6 +206,10 @@ func New(opts Options) (*Server, error) {
 		gatherer:  gatherer,
 		translate: translate.Translate,
 		resources: newResourceTable(),
+		budget:    newSendBudget(opts.SendBudget, budgetMaxWait),
+		edsFrom:   map[translate.Flavor]*model.Snapshot{},
+		edsErr:    map[translate.Flavor]string{},
+		edsBuilt:  map[translate.Flavor]map[string]builtAssignment{},
 		events:    make(chan event, 64),
 		renewKick: make(chan struct{}, 1),
 		groups:    map[string]*group{},
@@ -194,18 +223,24 @@ func New(opts Options) (*Server, error) {
 	// resources.
 	cacheLog := goControlPlaneLogger{s.log}
 	nodeHash := cachev3.IDHash{}
-	s.config = cachev3.NewSnapshotCache(false, nodeHash, cacheLog)
+	s.config = newConfigCache()
 	s.secrets = cachev3.NewSnapshotCache(false, nodeHash, cacheLog)
-	classify := func(typeURL string) string {
-		if typeURL == resourcev3.SecretType {
+	s.eds = newEndpointCache()
+	classify := func(typeURL string, node *corev3.Node) string {
+		switch typeURL {
+		case resourcev3.SecretType:
 			return typeSDS
+		case resourcev3.EndpointType:
+			return edsMuxKey(s.flavorOfNode(node))
 		}
 		return "config"
 	}
+	caches := s.eds.caches()
+	caches["config"], caches[typeSDS] = s.config, s.secrets
 	mux := &cachev3.MuxCache{
-		Classify:      func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
-		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl()) },
-		Caches:        map[string]cachev3.Cache{"config": s.config, typeSDS: s.secrets},
+		Classify:      func(r *cachev3.Request) string { return classify(r.GetTypeUrl(), r.GetNode()) },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl(), r.GetNode()) },
+		Caches:        caches,
 	}
 	s.cache = mux
 	if opts.CA != nil {
@@ -216,6 +251,28 @@ func New(opts Options) (*Server, error) {
 	}
 	return s, nil
 }
+
+// flavorOfNode is the flavour a request's node is served as: its node's,
+// once bound (a node keeps the flavour of its first stream), or what its
+// metadata declares.
+func (s *Server) flavorOfNode(node *corev3.Node) translate.Flavor {
+	s.mu.Lock()
+	n := s.nodes[node.GetId()]
+	s.mu.Unlock()
+	if n != nil {
+		return n.flavor
+	}
+	return flavorOf(node)
+}
+
+// maxRequestSize bounds one request from a proxy. A state-of-the-world
+// EDS request names every cluster it uses: 100 bytes a name is 160,000
+// clusters.
+const maxRequestSize = 16 << 20
+
+// budgetMaxWait is the longest a response waits for send budget before it
+// goes out anyway (see sendBudget).
+const budgetMaxWait = 5 * time.Second
 
 // Update hands the server a new model snapshot. It is cheap and never
 // blocks: the snapshot is stored and a debounced push is requested. The
@@ -261,6 +318,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		// and keep half-dead connections from holding proxies' state.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// A state-of-the-world EDS request names every cluster a sidecar
+		// uses; beyond a few tens of thousands that is more than gRPC's
+		// default limit of 4 MiB.
+		grpc.MaxRecvMsgSize(maxRequestSize),
 	)
 	xs := serverv3.NewServer(ctx, s.cache, s.callbacks(), serverOption(s.log))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsService{s: s, xds: xs})

@@ -63,13 +63,14 @@ func typeURLOf(short string) string {
 }
 
 // configTypes are the types of a group snapshot, in the order Envoy wants
-// them; secrets live in a per-proxy snapshot of their own.
-var configTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+// them. Endpoints are served by the endpoint cache, shared by every group
+// of a flavour, and secrets by a per-proxy snapshot of their own.
+var configTypes = []string{resourcev3.ClusterType, resourcev3.ListenerType, resourcev3.RouteType}
 
 // versionedSnapshot builds a cache snapshot whose per-type version is a hash
 // of that type's resources. Equal content therefore always has an equal
-// version: a push that changes only endpoints changes only the EDS version,
-// and go-control-plane then answers only the EDS watches. The per-resource
+// version: a push that leaves a type's resources as they were leaves its
+// version too, and go-control-plane then answers no watch of it. The per-resource
 // versions that delta xDS compares are computed here too, with
 // go-control-plane's own HashResource over the same deterministic bytes it
 // sends, so the snapshot is never mutated after it is shared between
@@ -149,9 +150,6 @@ func groupResources(r *translate.Resources) map[string][]types.Resource {
 	}
 	for _, c := range r.Clusters {
 		out[resourcev3.ClusterType] = append(out[resourcev3.ClusterType], c)
-	}
-	for _, e := range r.Endpoints {
-		out[resourcev3.EndpointType] = append(out[resourcev3.EndpointType], e)
 	}
 	return out
 }

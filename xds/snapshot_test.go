@@ -213,8 +213,10 @@ func TestGroupSnapshotClassifiesErrors(t *testing.T) {
 	if err != nil {
 		t.Fatalf("valid resources: %v", err)
 	}
-	if len(v.entries) != 2 {
-		t.Errorf("table holds %d resources, want the 2 valid ones", len(v.entries))
+	// The cluster; assignments are not part of a group's snapshot (the
+	// endpoint cache serves them).
+	if len(v.entries) != 1 {
+		t.Errorf("table holds %d resources, want the 1 valid cluster", len(v.entries))
 	}
 	// Another group with equal content shares the same objects.
 	again := &translate.Resources{Clusters: []*clusterv3.Cluster{edsCluster("a", "")}, Endpoints: []*endpointv3.ClusterLoadAssignment{cla("a", "10.0.0.1")}}
@@ -234,10 +236,10 @@ func TestGroupSnapshotClassifiesErrors(t *testing.T) {
 }
 
 func TestVersionsAreContentHashesPerType(t *testing.T) {
-	build := func(ips ...string) *translate.Resources {
+	build := func(serviceName string) *translate.Resources {
 		return &translate.Resources{
-			Clusters:  []*clusterv3.Cluster{edsCluster("a", ""), edsCluster("b", "")},
-			Endpoints: []*endpointv3.ClusterLoadAssignment{cla("a", ips...), cla("b", "10.0.1.1")},
+			Clusters:  []*clusterv3.Cluster{edsCluster("a", serviceName), edsCluster("b", "")},
+			Endpoints: []*endpointv3.ClusterLoadAssignment{cla(orDefault(serviceName, "a"), "10.0.0.1"), cla("b", "10.0.1.1")},
 		}
 	}
 	versions := func(r *translate.Resources) (map[string]string, map[string]map[string]string) {
@@ -253,31 +255,41 @@ func TestVersionsAreContentHashesPerType(t *testing.T) {
 				t.Errorf("%s has no version; an empty type must still have one", shortType(typ))
 			}
 		}
+		if n := len(s.GetResources(resourcev3.EndpointType)); n != 0 {
+			t.Errorf("the snapshot holds %d assignments; the endpoint cache serves them", n)
+		}
 		return v, s.VersionMap
 	}
-	v1, m1 := versions(build("10.0.0.1"))
-	v1again, _ := versions(build("10.0.0.1"))
+	v1, m1 := versions(build(""))
+	v1again, _ := versions(build(""))
 	if diff := cmp.Diff(v1, v1again); diff != "" {
 		t.Errorf("equal content, different versions (-first +second):\n%s", diff)
 	}
-	v2, m2 := versions(build("10.0.0.1", "10.0.0.2"))
+	v2, m2 := versions(build("svc-a"))
 	for typ := range v1 {
 		changed := v1[typ] != v2[typ]
-		if want := typ == typeEDS; changed != want {
-			t.Errorf("%s version changed = %v on an endpoint change, want %v", typ, changed, want)
+		if want := typ == typeCDS; changed != want {
+			t.Errorf("%s version changed = %v on a cluster change, want %v", typ, changed, want)
 		}
 	}
-	// Delta compares per-resource versions: only the changed assignment
+	// Delta compares per-resource versions: only the changed cluster
 	// differs.
-	if m1[resourcev3.EndpointType]["a"] == m2[resourcev3.EndpointType]["a"] {
-		t.Error("the changed assignment kept its resource version")
+	if m1[resourcev3.ClusterType]["a"] == m2[resourcev3.ClusterType]["a"] {
+		t.Error("the changed cluster kept its resource version")
 	}
-	if m1[resourcev3.EndpointType]["b"] != m2[resourcev3.EndpointType]["b"] {
-		t.Error("an unchanged assignment got a new resource version")
+	if m1[resourcev3.ClusterType]["b"] != m2[resourcev3.ClusterType]["b"] {
+		t.Error("an unchanged cluster got a new resource version")
 	}
 
 	dup := &translate.Resources{Clusters: []*clusterv3.Cluster{edsCluster("a", ""), edsCluster("a", "")}}
 	if _, err := versionedSnapshot(groupResources(dup), nil); err == nil || !strings.Contains(err.Error(), `"a" is defined twice`) {
 		t.Errorf("duplicate names: got %v, want an error naming the duplicate", err)
 	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

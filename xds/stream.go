@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -244,7 +245,15 @@ func (a *adsService) StreamAggregatedResources(st grpc.BidiStreamingServer[disco
 	if err != nil {
 		return err
 	}
-	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate})
+	budget := a.s.budget.stream()
+	defer budget.close()
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) {
+		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		if r.GetTypeUrl() == resourcev3.EndpointType {
+			a.s.eds.intern(r.ResourceNames)
+		}
+	})
+	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate, budget, reqs})
 }
 
 func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
@@ -252,13 +261,72 @@ func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discov
 	if err != nil {
 		return err
 	}
-	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate})
+	budget := a.s.budget.stream()
+	defer budget.close()
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) {
+		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		if r.GetTypeUrl() == resourcev3.EndpointType {
+			a.s.eds.intern(r.ResourceNamesSubscribe)
+		}
+	})
+	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate, budget, reqs})
 }
 
+// received is one outcome of a stream's Recv.
+type received[T any] struct {
+	req T
+	err error
+}
+
+// readAhead reads a stream's requests in a goroutine of its own, calling
+// seen on each as soon as it arrives, and queues them for go-control-plane.
+// go-control-plane reads a request only when its stream goroutine is free
+// to take it, and that goroutine may be waiting in Send for send budget:
+// the ACKs that give budget back must not queue behind it.
+func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T)) <-chan received[T] {
+	// Envoy sends a request per response, so a handful queue at most;
+	// a client flooding more only stalls its own stream.
+	ch := make(chan received[T], 16)
+	go func() {
+		defer close(ch)
+		for {
+			r, err := recv()
+			if err == nil {
+				seen(r)
+			}
+			select {
+			case ch <- received[T]{r, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// next returns the next request read ahead, or io.EOF once there is none.
+func next[T any](ch <-chan received[T]) (T, error) {
+	r, ok := <-ch
+	if !ok {
+		var zero T
+		return zero, io.EOF
+	}
+	return r.req, r.err
+}
+
+// sotwStream and deltaStream stand between go-control-plane's server and
+// the gRPC stream: each response passes the stream's gate and takes its
+// share of the send budget, which each request naming a response gives
+// back (see sendBudget).
 type sotwStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
-	ctx  context.Context
-	gate *streamGate
+	ctx    context.Context
+	gate   *streamGate
+	budget *streamBudget
+	reqs   <-chan received[*discoveryv3.DiscoveryRequest]
 }
 
 func (s sotwStream) Context() context.Context { return s.ctx }
@@ -267,13 +335,24 @@ func (s sotwStream) Send(r *discoveryv3.DiscoveryResponse) error {
 	if err := s.gate.check(r.GetTypeUrl()); err != nil {
 		return err
 	}
-	return s.BidiStreamingServer.Send(r)
+	if err := s.budget.acquire(s.ctx, r.GetTypeUrl(), r.GetNonce(), r); err != nil {
+		return err
+	}
+	if err := s.BidiStreamingServer.Send(r); err != nil {
+		s.budget.unsent(r.GetNonce())
+		return err
+	}
+	return nil
 }
+
+func (s sotwStream) Recv() (*discoveryv3.DiscoveryRequest, error) { return next(s.reqs) }
 
 type deltaStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
-	ctx  context.Context
-	gate *streamGate
+	ctx    context.Context
+	gate   *streamGate
+	budget *streamBudget
+	reqs   <-chan received[*discoveryv3.DeltaDiscoveryRequest]
 }
 
 func (s deltaStream) Context() context.Context { return s.ctx }
@@ -282,8 +361,17 @@ func (s deltaStream) Send(r *discoveryv3.DeltaDiscoveryResponse) error {
 	if err := s.gate.check(r.GetTypeUrl()); err != nil {
 		return err
 	}
-	return s.BidiStreamingServer.Send(r)
+	if err := s.budget.acquire(s.ctx, r.GetTypeUrl(), r.GetNonce(), r); err != nil {
+		return err
+	}
+	if err := s.BidiStreamingServer.Send(r); err != nil {
+		s.budget.unsent(r.GetNonce())
+		return err
+	}
+	return nil
 }
+
+func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return next(s.reqs) }
 
 // authenticate checks the stream's bearer token and returns a context
 // carrying the identity it proves, and the stream's gate.
@@ -491,9 +579,20 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 	}
 	var converged time.Duration
 	if g := s.groups[n.group]; g != nil && ts.converged != sent.version {
-		if tr, ok := g.triggers[sent.typ]; ok && tr.version == sent.version && tr.at.After(st.openedAt) {
-			converged = time.Since(tr.at)
+		switch sent.typ {
+		case typeEDS:
+			// Endpoint versions count up across every proxy of the
+			// flavour: the ACK completes the newest change among the
+			// group's assignments since this stream's last ACK.
+			if at, ok := s.eds.flavor(n.flavor).converged(g.edsNames, sent.version, ts.converged, st.openedAt); ok {
+				converged = time.Since(at)
+			}
 			ts.converged = sent.version
+		default:
+			if tr, ok := g.triggers[sent.typ]; ok && tr.version == sent.version && tr.at.After(st.openedAt) {
+				converged = time.Since(tr.at)
+				ts.converged = sent.version
+			}
 		}
 	}
 	s.mu.Unlock()
@@ -562,21 +661,44 @@ func (s *Server) resyncLocked(st *stream) {
 			ts.claim = nil
 			continue
 		}
-		snap, typeURL := n.configSnap, typeURLOf(typ)
-		if typ == typeSDS {
-			snap = n.secretSnap
-			if !n.secretsSet {
-				snap = nil
-			}
-		}
-		if snap == nil || typeURL == "" {
+		current, versions := s.servedVersions(n, typ)
+		if current == "" {
 			continue
 		}
-		if ts.claim.holds(snap.VersionMap[typeURL]) {
-			ts.Acked, ts.AckedAt = snap.GetVersion(typeURL), s.now()
+		if ts.claim.holds(versions) {
+			ts.Acked, ts.AckedAt = current, s.now()
 			ts.claim = nil
 		}
 	}
+}
+
+// servedVersions is what meshd serves a node of one type: the version the
+// debug API calls current, and the per-resource versions a delta client
+// compares. Both are empty while nothing is served. Called with mu held.
+func (s *Server) servedVersions(n *nodeState, typ string) (string, map[string]string) {
+	switch typ {
+	case typeEDS:
+		g := s.groups[n.group]
+		if n.configSnap == nil || g == nil {
+			return "", nil
+		}
+		ac := s.eds.flavor(n.flavor)
+		current, ok := ac.required(g.edsNames)
+		if !ok {
+			return "", nil
+		}
+		return current, ac.hashes(g.edsNames)
+	case typeSDS:
+		if !n.secretsSet || n.secretSnap == nil {
+			return "", nil
+		}
+		return n.secretSnap.GetVersion(resourcev3.SecretType), n.secretSnap.VersionMap[resourcev3.SecretType]
+	}
+	typeURL := typeURLOf(typ)
+	if n.configSnap == nil || typeURL == "" {
+		return "", nil
+	}
+	return n.configSnap.GetVersion(typeURL), n.configSnap.VersionMap[typeURL]
 }
 
 // holds reports whether a delta client holding c.versions needs nothing

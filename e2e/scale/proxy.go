@@ -250,7 +250,14 @@ func (p *proxy) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 			continue // not a type this proxy asked for
 		}
 		p.f.received(t, resp.size)
-		state, err := p.f.cache.apply(t, nil, resp.content, resp.resources, nil)
+		// Listeners and clusters come complete in every response; for
+		// the other types a response carries what changed, and the
+		// proxy keeps the rest, as Envoy does.
+		var prev *typeState
+		if t != tCDS && t != tLDS {
+			prev = p.held[t]
+		}
+		state, err := p.f.cache.apply(t, prev, resp.content, resp.resources, nil)
 		if err != nil {
 			return err
 		}

@@ -151,8 +151,8 @@ func newStateCache() *stateCache {
 }
 
 // apply returns the state after a response of type t. prev is the state
-// before it (nil for state of the world, where every response is
-// complete); removed lists names a delta response removes. A resource that
+// before it (nil for a complete response: listeners and clusters in state
+// of the world); removed lists names a delta response removes. A resource that
 // cannot be decoded is an error: it means the harness and meshd disagree
 // on the protocol, and the measurement would be meaningless.
 func (c *stateCache) apply(t int, prev *typeState, content uint64, res []resource, removed []string) (*typeState, error) {

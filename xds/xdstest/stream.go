@@ -76,15 +76,29 @@ func (c *Client) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		}
 		t := resp.GetTypeUrl()
 		res, size, derr := decode(resp.GetResources())
+		c.mu.Lock()
+		td, ok := c.types[t]
+		if ok && derr == nil && !wildcardTypes[t] {
+			// Only listeners and clusters are complete in every
+			// response. For the other types a response carries what
+			// changed; the client keeps the rest of what it
+			// subscribes to, as Envoy and gRPC do.
+			merged := maps.Clone(td.resources)
+			if merged == nil {
+				merged = map[string]proto.Message{}
+			}
+			maps.Copy(merged, res)
+			maps.DeleteFunc(merged, func(name string, _ proto.Message) bool { return !td.wanted[name] })
+			res = merged
+		}
+		c.mu.Unlock()
+		if !ok {
+			continue // a type we never asked for
+		}
 		if derr == nil {
 			derr = c.accept(t, resp.GetVersionInfo(), res)
 		}
 		c.mu.Lock()
-		td, ok := c.types[t]
-		if !ok {
-			c.mu.Unlock()
-			continue // a type we never asked for
-		}
 		td.responses++
 		c.bytes += size
 		td.nonce = resp.GetNonce()

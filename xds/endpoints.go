@@ -1,0 +1,789 @@
+package xds
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/hashicorp/go-multierror"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/minimesh/minimesh/translate"
+)
+
+// endpointCache serves ClusterLoadAssignments (EDS). Unlike listeners,
+// routes and clusters, an assignment is the same for every proxy of a
+// flavour that uses its cluster, so each flavour has one assignmentCache
+// holding every assignment once, and every proxy's EDS watch is answered
+// from it: an endpoint change sends only the changed assignment, and only
+// to the proxies subscribed to it, in state of the world as in delta. xDS
+// allows partial state-of-the-world responses for EDS (only LDS and CDS
+// must be complete), and Envoy and gRPC keep the assignments a response
+// does not mention. A per-node snapshot of every assignment would instead
+// resend all of them to every proxy on every change: at 1,000 services and
+// 1,000 proxies, half a gigabyte per endpoint change.
+type endpointCache struct {
+	prefix string
+	byFlav map[translate.Flavor]*assignmentCache
+	// names maps every assignment name to the string the cache holds,
+	// so that the names a thousand sidecars send in their requests (every
+	// cluster's, in each state-of-the-world request) are kept once.
+	names atomic.Pointer[map[string]string]
+}
+
+func newEndpointCache() *endpointCache {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	e := &endpointCache{prefix: hex.EncodeToString(b[:]) + "-", byFlav: map[translate.Flavor]*assignmentCache{}}
+	for _, f := range []translate.Flavor{translate.FlavorEnvoy, translate.FlavorProxyless} {
+		e.byFlav[f] = newAssignmentCache(e.prefix)
+	}
+	return e
+}
+
+// refreshNames rebuilds the name table after the assignments changed.
+func (e *endpointCache) refreshNames() {
+	m := map[string]string{}
+	for _, c := range e.byFlav {
+		c.mu.Lock()
+		for n, a := range c.items {
+			m[n] = a.name
+		}
+		c.mu.Unlock()
+	}
+	e.names.Store(&m)
+}
+
+// intern replaces each of names that is an assignment's name by the
+// cache's copy of it. Names it does not know are left as they are, so a
+// client cannot grow the table.
+func (e *endpointCache) intern(names []string) {
+	m := e.names.Load()
+	if m == nil {
+		return
+	}
+	for i, n := range names {
+		if c, ok := (*m)[n]; ok {
+			names[i] = c
+		}
+	}
+}
+
+// edsMuxKey is the MuxCache key of a flavour's assignments.
+func edsMuxKey(f translate.Flavor) string { return "eds/" + string(f) }
+
+// caches returns the flavours' caches by MuxCache key.
+func (e *endpointCache) caches() map[string]cachev3.Cache {
+	out := map[string]cachev3.Cache{}
+	for f, c := range e.byFlav {
+		out[edsMuxKey(f)] = c
+	}
+	return out
+}
+
+// flavor returns f's assignments; an unknown flavour gets Envoy's (the
+// default flavour of a node, see flavorOf).
+func (e *endpointCache) flavor(f translate.Flavor) *assignmentCache {
+	if c, ok := e.byFlav[f]; ok {
+		return c
+	}
+	return e.byFlav[translate.FlavorEnvoy]
+}
+
+// holds reports whether acked, a version a proxy ACKed, is at least
+// required (as returned by assignmentCache.required). Versions of another
+// meshd process never are.
+func (e *endpointCache) holds(acked, required string) bool {
+	a, ok1 := parseVersion(e.prefix, acked)
+	r, ok2 := parseVersion(e.prefix, required)
+	return ok1 && ok2 && a >= r
+}
+
+func parseVersion(prefix, v string) (uint64, bool) {
+	rest, found := strings.CutPrefix(v, prefix)
+	if !found {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil
+}
+
+// assignmentCache is the go-control-plane cache (cachev3.Cache) of one
+// flavour's assignments; go-control-plane's server does the protocol
+// (streams, nonces, subscriptions, ACKs) and asks it what to send.
+//
+// go-control-plane's LinearCache has these semantics but indexes every
+// watch under each name it subscribes to; an Envoy sidecar subscribes to
+// every cluster's assignment, and each response and each ACK removes and
+// re-adds its watch, so at 1,000 proxies × 1,000 clusters every endpoint
+// change cost two million map operations (0.7 s). Here a watch is
+// registered once, and a change looks at each open watch for the few names
+// it touched: the cost of a change is proportional to the proxies it
+// reaches, not to everything they subscribe to.
+//
+// Versions. The cache numbers its states: every update increments its
+// version, prefixed with a string unique to this meshd process so that a
+// version from a previous run is never mistaken for a current one. A
+// state-of-the-world response carries the cache version, and each
+// assignment's version is the one that last changed it. A proxy holds
+// everything it subscribes to once it has ACKed a response at least as new
+// as the newest change among its group's assignments (required). In delta,
+// per-resource versions are go-control-plane's hash of the encoding, as for
+// the other types, so a proxy that reconnects (to this meshd or a
+// restarted one) with the assignments it had is sent nothing.
+//
+// The cache answers no watch before its first update, so a proxy
+// reconnecting to a restarted meshd that has not loaded the mesh yet is
+// not told, from an empty cache, that its assignments were removed.
+//
+// Responses are sent on the channels go-control-plane gives each watch
+// while mu is held; they never block, because a stream has at most one
+// watch per type and its channel holds one response per type.
+type assignmentCache struct {
+	prefix string
+
+	mu      sync.Mutex
+	opened  bool // the first update happened
+	version uint64
+	items   map[string]*assignment
+	// invalid holds the assignments whose latest content failed
+	// validation, by name; proxies keep the last valid one (if any).
+	invalid map[string]error
+	// history lists recent changes, oldest first, for the convergence
+	// metric.
+	history []edsChange
+	watches map[uint64]*edsWatch
+	nextID  uint64
+	// heldSets interns the state-of-the-world returned maps (see
+	// respondSotw) by the hash of their names; deltaSets the delta ones
+	// by the hash of their content, and deltaSums is that hash by map
+	// (see deltaReturned).
+	heldSets  map[uint64][]map[string]string
+	deltaSets map[uint64]map[string]string
+	deltaSums map[uintptr]uint64
+}
+
+// assignment is one published ClusterLoadAssignment, shared by every
+// response that carries it (read-only from then on).
+type assignment struct {
+	name    string
+	any     *anypb.Any            // SOTW form
+	delta   *discoveryv3.Resource // delta form
+	res     types.Resource        // for the config dump
+	hash    string                // delta version: HashResource of the encoding
+	changed uint64                // cache version that last changed it
+}
+
+type edsChange struct {
+	version uint64
+	at      time.Time // zero when not caused by a model change
+	names   map[string]bool
+}
+
+// edsHistory bounds the change history per flavour. A proxy ACKs within
+// moments of a change; a sample is only lost when more changes than this
+// happen in between.
+const edsHistory = 64
+
+// edsWatch is an open watch of one stream. Exactly one of sotw and delta
+// is set.
+type edsWatch struct {
+	sotw  *cachev3.Request
+	delta *cachev3.DeltaRequest
+	sub   cachev3.Subscription
+	out   chan cachev3.Response
+	dout  chan cachev3.DeltaResponse
+	// replyEvenIfEmpty: the client must get an answer even with nothing
+	// new (a SOTW client that holds nothing of this process's, a delta
+	// wildcard client's first request).
+	replyEvenIfEmpty bool
+}
+
+var _ cachev3.Cache = (*assignmentCache)(nil)
+
+func newAssignmentCache(prefix string) *assignmentCache {
+	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
+		heldSets: map[uint64][]map[string]string{}, deltaSets: map[uint64]map[string]string{}, deltaSums: map[uintptr]uint64{}}
+}
+
+func (c *assignmentCache) versionString(n uint64) string { return c.prefix + strconv.FormatUint(n, 10) }
+
+// update makes the assignments those of checked: new and changed ones are
+// published in one new version, and at is recorded as the time of the
+// change they carry. Assignments no longer in checked are not removed here
+// but returned, so that the caller can remove them once no published
+// cluster refers to them. An assignment whose new content failed its check
+// is not published: proxies keep its last valid version, and the returned
+// error says which and why.
+func (c *assignmentCache) update(checked map[string]checkedAssignment, at time.Time) (gone []string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var invalid *multierror.Error
+	var modified []string
+	for _, name := range slices.Sorted(maps.Keys(checked)) {
+		ca := checked[name]
+		if ca.err != nil {
+			invalid = multierror.Append(invalid, ca.err)
+			c.invalid[name] = ca.err
+			continue
+		}
+		delete(c.invalid, name)
+		if old, ok := c.items[name]; ok && old.hash == ca.version {
+			continue
+		}
+		modified = append(modified, name)
+	}
+	for name := range c.items {
+		if _, ok := checked[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	for name := range c.invalid {
+		if _, ok := checked[name]; !ok {
+			delete(c.invalid, name)
+		}
+	}
+	slices.Sort(gone)
+	if len(modified) > 0 || !c.opened {
+		c.version++
+		change := edsChange{version: c.version, at: at, names: make(map[string]bool, len(modified))}
+		for _, name := range modified {
+			ca := checked[name]
+			value, merr := cachev3.MarshalResource(ca.res)
+			if merr != nil {
+				invalid = multierror.Append(invalid, fmt.Errorf("eds resource %q does not encode: %w", name, merr))
+				continue
+			}
+			a := &assignment{name: name, res: ca.res, hash: ca.version, changed: c.version,
+				any: &anypb.Any{TypeUrl: resourcev3.EndpointType, Value: value}}
+			a.delta = &discoveryv3.Resource{Name: name, Version: a.hash, Resource: a.any}
+			c.items[name] = a
+			change.names[name] = true
+		}
+		c.record(change)
+		c.notify(modified)
+	}
+	return gone, invalid.ErrorOrNil()
+}
+
+// remove withdraws assignments that no cluster uses any more.
+func (c *assignmentCache) remove(names []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var del []string
+	for _, n := range names {
+		if _, ok := c.items[n]; ok {
+			delete(c.items, n)
+			del = append(del, n)
+		}
+	}
+	if len(del) > 0 {
+		c.version++
+		c.record(edsChange{version: c.version})
+		c.notify(del)
+	}
+}
+
+func (c *assignmentCache) record(ch edsChange) {
+	if len(c.history) >= edsHistory {
+		c.history = slices.Delete(c.history, 0, 1)
+	}
+	c.history = append(c.history, ch)
+}
+
+// notify answers the open watches that modified concerns. Before the first
+// update, every watch is looked at in full. Called with mu held.
+func (c *assignmentCache) notify(modified []string) {
+	first := !c.opened
+	c.opened = true
+	for id, w := range c.watches {
+		var sent bool
+		if first {
+			sent = c.respond(w, nil, w.replyEvenIfEmpty)
+		} else {
+			sent = c.respond(w, modified, false)
+		}
+		if sent {
+			delete(c.watches, id)
+		}
+	}
+}
+
+// respond answers w if something it subscribes to differs from what its
+// client holds, or if even is set, and reports whether it did. It looks at
+// the names in candidates, or, when candidates is nil, at everything the
+// watch subscribes to (and everything there is, for a wildcard watch).
+// Called with mu held.
+func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) bool {
+	if w.sotw != nil {
+		return c.respondSotw(w, candidates, even)
+	}
+	return c.respondDelta(w, candidates, even)
+}
+
+// respondSotw answers a state-of-the-world watch. Its request's version is
+// the cache version of the last response the client accepted (or, after a
+// NACK, rejected; see guardNack), so an assignment it holds is stale
+// exactly when it changed after that version: every later change either
+// reached the watch or happened after the response. The returned map
+// therefore only needs to say which assignments the client holds. It stays
+// the same map, shared with the subscription, as long as that set does not
+// change, so a change to one assignment costs no copy of every name a
+// sidecar subscribes to; and equal sets are one map, so the thousand
+// sidecars of fifty deployments hold fifty of them, not a thousand.
+func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even bool) bool {
+	known := w.sub.ReturnedResources()
+	subscribed := w.sub.SubscribedResources()
+	wildcard := w.sub.IsWildcard()
+	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
+	var changed []*assignment
+	added, heldSubscribed := false, 0
+	consider := func(n string) {
+		a, exists := c.items[n]
+		if !exists {
+			return // state of the world cannot say it is gone
+		}
+		if _, held := known[n]; !held {
+			added = true
+			changed = append(changed, a)
+		} else if a.changed > since {
+			changed = append(changed, a)
+		}
+	}
+	switch {
+	case candidates != nil:
+		eachSubscribed(candidates, subscribed, wildcard, consider)
+	case wildcard:
+		for n := range c.items {
+			consider(n)
+		}
+	case since == c.version:
+		// The client has this version of the whole cache: only names
+		// it does not hold yet can be due.
+		for n := range subscribed {
+			if _, held := known[n]; held {
+				heldSubscribed++
+			} else {
+				consider(n)
+			}
+		}
+	default:
+		for n := range subscribed {
+			if _, held := known[n]; held {
+				heldSubscribed++
+			}
+			consider(n)
+		}
+	}
+	if !even && len(changed) == 0 {
+		return false
+	}
+	returned := known
+	// Names no longer subscribed are forgotten, so that a later
+	// subscription sends them again.
+	dropUnsubscribed := candidates == nil && !wildcard && heldSubscribed < len(known)
+	if added || dropUnsubscribed || returned == nil {
+		returned = make(map[string]string, len(known)+len(changed))
+		for n := range known {
+			if _, ok := subscribed[n]; ok || wildcard {
+				returned[n] = held
+			}
+		}
+		for _, a := range changed {
+			returned[a.name] = held
+		}
+		returned = c.internHeld(returned)
+	}
+	version := c.versionString(c.version)
+	anys := make([]*anypb.Any, len(changed))
+	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
+	for i, a := range changed {
+		anys[i] = a.any
+	}
+	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys, returned: returned}
+	return true
+}
+
+// eachSubscribed calls f with each of names that a watch subscribing to
+// subscribed (or to everything, wildcard) subscribes to.
+func eachSubscribed(names []string, subscribed map[string]struct{}, wildcard bool, f func(string)) {
+	for _, n := range names {
+		if _, ok := subscribed[n]; ok || wildcard {
+			f(n)
+		}
+	}
+}
+
+// held is the value of every entry of a state-of-the-world returned map:
+// only the names matter (see respondSotw).
+const held = "held"
+
+// maxHeldSets bounds the interned returned maps; past it they are dropped
+// and interned anew.
+const maxHeldSets = 4096
+
+// internHeld returns the interned map with the same names as m, or m,
+// which it interns. Called with mu held.
+func (c *assignmentCache) internHeld(m map[string]string) map[string]string {
+	var sum uint64
+	for n := range m {
+		sum += maphash.String(nameSeed, n)
+	}
+	sum ^= uint64(len(m))
+	for _, other := range c.heldSets[sum] {
+		if sameNames(m, other) {
+			return other
+		}
+	}
+	if len(c.heldSets) >= maxHeldSets {
+		clear(c.heldSets)
+	}
+	c.heldSets[sum] = append(c.heldSets[sum], m)
+	return m
+}
+
+var nameSeed = maphash.MakeSeed()
+
+func sameNames(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for n := range a {
+		if _, ok := b[n]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// deltaReturned is known with changed set to their versions and removed
+// deleted: the versions a delta client holds after the response. Proxies
+// of one group hold the same versions and receive the same changes, so
+// the result is interned by a hash of its content that is updated from
+// known's in proportion to the change: the first proxy of a group builds
+// the map, the others share it, and a change to one assignment does not
+// copy a thousand entries per proxy. Called with mu held.
+func (c *assignmentCache) deltaReturned(known map[string]string, changed []*assignment, removed []string) map[string]string {
+	sum, ok := c.deltaSums[mapID(known)]
+	if !ok {
+		for n, v := range known {
+			sum += entryHash(n, v)
+		}
+	}
+	size := len(known)
+	for _, a := range changed {
+		if v, ok := known[a.name]; ok {
+			sum -= entryHash(a.name, v)
+		} else {
+			size++
+		}
+		sum += entryHash(a.name, a.hash)
+	}
+	for _, n := range removed {
+		sum -= entryHash(n, known[n])
+		size--
+	}
+	if m, ok := c.deltaSets[sum]; ok && len(m) == size {
+		return m
+	}
+	m := maps.Clone(known)
+	if m == nil {
+		m = map[string]string{}
+	}
+	for _, a := range changed {
+		m[a.name] = a.hash
+	}
+	for _, n := range removed {
+		delete(m, n)
+	}
+	if len(c.deltaSets) >= maxHeldSets {
+		clear(c.deltaSets)
+		clear(c.deltaSums)
+	}
+	c.deltaSets[sum] = m
+	c.deltaSums[mapID(m)] = sum
+	return m
+}
+
+// mapID identifies a map by its address. It is only used for maps the
+// cache interns, which stay alive while their address is recorded.
+func mapID(m map[string]string) uintptr { return uintptr(reflect.ValueOf(m).UnsafePointer()) }
+
+func entryHash(name, version string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(nameSeed)
+	h.WriteString(name)
+	h.WriteByte(0)
+	h.WriteString(version)
+	return h.Sum64()
+}
+
+// respondDelta answers a delta watch. Delta clients name the version of
+// each resource they hold, so versions are compared one by one and a
+// removal is sent for a subscribed assignment that is gone.
+func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bool) bool {
+	known := w.sub.ReturnedResources()
+	subscribed := w.sub.SubscribedResources()
+	wildcard := w.sub.IsWildcard()
+	var changed []*assignment
+	var removed []string
+	consider := func(n string) {
+		a, exists := c.items[n]
+		held, isKnown := known[n]
+		switch {
+		case !exists:
+			if isKnown {
+				removed = append(removed, n)
+			}
+		case !isKnown || held != a.hash:
+			changed = append(changed, a)
+		}
+	}
+	switch {
+	case candidates != nil:
+		eachSubscribed(candidates, subscribed, wildcard, consider)
+	case wildcard:
+		for n := range c.items {
+			consider(n)
+		}
+		for n := range known {
+			if _, ok := c.items[n]; !ok {
+				consider(n)
+			}
+		}
+	default:
+		for n := range subscribed {
+			consider(n)
+		}
+	}
+	if !even && len(changed) == 0 && len(removed) == 0 {
+		return false
+	}
+	returned := c.deltaReturned(known, changed, removed)
+	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
+	res := make([]*discoveryv3.Resource, len(changed))
+	for i, a := range changed {
+		res[i] = a.delta
+	}
+	slices.Sort(removed)
+	w.dout <- &edsDeltaResponse{req: w.delta, version: c.versionString(c.version), resources: res, removed: removed, returned: returned}
+	return true
+}
+
+// watch registers w unless it can be answered at once, and returns its
+// cancel function.
+func (c *assignmentCache) watch(w *edsWatch) func() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opened && c.respond(w, nil, w.replyEvenIfEmpty) {
+		return func() {}
+	}
+	c.nextID++
+	id := c.nextID
+	c.watches[id] = w
+	return func() {
+		c.mu.Lock()
+		delete(c.watches, id)
+		c.mu.Unlock()
+	}
+}
+
+// CreateWatch implements cachev3.ConfigWatcher for state of the world.
+func (c *assignmentCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out chan cachev3.Response) (func(), error) {
+	if req.GetTypeUrl() != resourcev3.EndpointType {
+		return nil, fmt.Errorf("the endpoint cache serves %s, not %s", resourcev3.EndpointType, req.GetTypeUrl())
+	}
+	// A client that holds nothing of this process's must be answered,
+	// even with nothing, to complete its initialisation.
+	even := !strings.HasPrefix(req.GetVersionInfo(), c.prefix)
+	return c.watch(&edsWatch{sotw: req, sub: sub, out: out, replyEvenIfEmpty: even}), nil
+}
+
+// CreateDeltaWatch implements cachev3.ConfigWatcher for delta.
+func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, out chan cachev3.DeltaResponse) (func(), error) {
+	if req.GetTypeUrl() != resourcev3.EndpointType {
+		return nil, fmt.Errorf("the endpoint cache serves %s, not %s", resourcev3.EndpointType, req.GetTypeUrl())
+	}
+	// Envoy waits for an answer to its first wildcard request.
+	even := sub.IsWildcard() && req.GetResponseNonce() == ""
+	return c.watch(&edsWatch{delta: req, sub: sub, dout: out, replyEvenIfEmpty: even}), nil
+}
+
+// Fetch implements cachev3.ConfigFetcher; minimesh serves ADS streams only.
+func (c *assignmentCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, errors.New("minimesh serves endpoints over ADS streams only")
+}
+
+// required is the version a proxy using the assignments names must have
+// ACKed to hold all of them as they are now, and whether all of them are
+// published at all.
+func (c *assignmentCache) required(names []string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.opened {
+		return "", false
+	}
+	var newest uint64
+	for _, n := range names {
+		a, ok := c.items[n]
+		if !ok {
+			return "", false
+		}
+		newest = max(newest, a.changed)
+	}
+	return c.versionString(newest), true
+}
+
+// hashes returns the delta versions of the named assignments.
+func (c *assignmentCache) hashes(names []string) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]string, len(names))
+	for _, n := range names {
+		if a, ok := c.items[n]; ok {
+			out[n] = a.hash
+		}
+	}
+	return out
+}
+
+// resources returns the published assignments among names.
+func (c *assignmentCache) resources(names []string) map[string]types.ResourceWithTTL {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]types.ResourceWithTTL, len(names))
+	for _, n := range names {
+		if a, ok := c.items[n]; ok {
+			out[n] = types.ResourceWithTTL{Resource: a.res}
+		}
+	}
+	return out
+}
+
+// missing explains why an assignment among names is not published, or
+// returns nil when all are.
+func (c *assignmentCache) missing(names []string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range names {
+		if _, ok := c.items[n]; ok {
+			continue
+		}
+		if err := c.invalid[n]; err != nil {
+			return err
+		}
+		return fmt.Errorf("load assignment %q does not exist", n)
+	}
+	return nil
+}
+
+// invalidAmong returns why assignments among names were not published.
+func (c *assignmentCache) invalidAmong(names []string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var result *multierror.Error
+	for _, n := range names {
+		if err := c.invalid[n]; err != nil {
+			result = multierror.Append(result, err)
+		}
+	}
+	return result.ErrorOrNil()
+}
+
+// converged finds the change a proxy using names completed by ACKing
+// version acked, given that it had already ACKed since on this stream
+// (empty if nothing yet): the newest change at or before acked, after
+// since, that touched one of names and was caused by a model change after
+// the stream opened.
+func (c *assignmentCache) converged(names []string, acked, since string, openedAt time.Time) (time.Time, bool) {
+	a, ok := parseVersion(c.prefix, acked)
+	if !ok {
+		return time.Time{}, false
+	}
+	s, _ := parseVersion(c.prefix, since)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.history) - 1; i >= 0; i-- {
+		ch := c.history[i]
+		if ch.version > a {
+			continue
+		}
+		if ch.version <= s {
+			break
+		}
+		if ch.at.IsZero() || !ch.at.After(openedAt) || !touches(ch.names, names) {
+			continue
+		}
+		return ch.at, true
+	}
+	return time.Time{}, false
+}
+
+func touches(changed map[string]bool, names []string) bool {
+	for _, n := range names {
+		if changed[n] {
+			return true
+		}
+	}
+	return false
+}
+
+// edsResponse is a state-of-the-world response of the endpoint cache. Its
+// resources are shared with every other response carrying them.
+type edsResponse struct {
+	req       *cachev3.Request
+	version   string
+	resources []*anypb.Any
+	returned  map[string]string
+}
+
+var _ cachev3.Response = (*edsResponse)(nil)
+
+// GetDiscoveryResponse returns a new message each time: the server sets
+// its nonce.
+func (r *edsResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
+	return &discoveryv3.DiscoveryResponse{VersionInfo: r.version, Resources: r.resources, TypeUrl: resourcev3.EndpointType}, nil
+}
+func (r *edsResponse) GetRequest() *discoveryv3.DiscoveryRequest { return r.req }
+func (r *edsResponse) GetVersion() (string, error)               { return r.version, nil }
+func (r *edsResponse) GetResponseVersion() string                { return r.version }
+func (r *edsResponse) GetReturnedResources() map[string]string   { return r.returned }
+func (r *edsResponse) GetContext() context.Context               { return context.Background() }
+
+// edsDeltaResponse is a delta response of the endpoint cache.
+type edsDeltaResponse struct {
+	req       *cachev3.DeltaRequest
+	version   string
+	resources []*discoveryv3.Resource
+	removed   []string
+	returned  map[string]string
+}
+
+var _ cachev3.DeltaResponse = (*edsDeltaResponse)(nil)
+
+func (r *edsDeltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscoveryResponse, error) {
+	return &discoveryv3.DeltaDiscoveryResponse{
+		SystemVersionInfo: r.version, Resources: r.resources, RemovedResources: r.removed, TypeUrl: resourcev3.EndpointType,
+	}, nil
+}
+func (r *edsDeltaResponse) GetDeltaRequest() *discoveryv3.DeltaDiscoveryRequest { return r.req }
+func (r *edsDeltaResponse) GetSystemVersion() (string, error)                   { return r.version, nil }
+func (r *edsDeltaResponse) GetResponseVersion() string                          { return r.version }
+func (r *edsDeltaResponse) GetNextVersionMap() map[string]string                { return r.returned }
+func (r *edsDeltaResponse) GetReturnedResources() map[string]string             { return r.returned }
+func (r *edsDeltaResponse) GetContext() context.Context                         { return context.Background() }

@@ -1,0 +1,365 @@
+package xds
+
+import (
+	"maps"
+	"reflect"
+	"slices"
+	"testing"
+	"time"
+	"unsafe"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// checkedCLAs builds what checkAssignments would hand the cache: one
+// assignment per name, with the given endpoint address.
+func checkedCLAs(t *testing.T, byName map[string]string) map[string]checkedAssignment {
+	t.Helper()
+	out := map[string]checkedAssignment{}
+	for name, ip := range byName {
+		res := cla(name, ip)
+		enc, err := cachev3.MarshalResource(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[name] = checkedAssignment{res: res, version: cachev3.HashResource(enc)}
+	}
+	return out
+}
+
+// sotwWatch opens a state-of-the-world EDS watch the way go-control-plane's
+// server does: version is what the request says the client holds, known
+// what this stream was sent (its subscription's returned resources).
+func sotwWatch(t *testing.T, c *assignmentCache, version string, names []string, known map[string]string) chan cachev3.Response {
+	t.Helper()
+	sub := streamv3.NewSotwSubscription(names, false)
+	sub.SetReturnedResources(known)
+	out := make(chan cachev3.Response, 1)
+	req := &cachev3.Request{TypeUrl: resourcev3.EndpointType, VersionInfo: version, ResourceNames: names}
+	if _, err := c.CreateWatch(req, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func deltaWatch(t *testing.T, c *assignmentCache, names []string, initial map[string]string) chan cachev3.DeltaResponse {
+	t.Helper()
+	sub := streamv3.NewDeltaSubscription(names, nil, initial, false)
+	out := make(chan cachev3.DeltaResponse, 1)
+	req := &cachev3.DeltaRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: names, InitialResourceVersions: initial}
+	if _, err := c.CreateDeltaWatch(req, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// got returns the response on out, or nil when none is there.
+func got[T any](out chan T) (T, bool) {
+	select {
+	case r := <-out:
+		return r, true
+	case <-time.After(20 * time.Millisecond):
+		var zero T
+		return zero, false
+	}
+}
+
+// responseNames decodes the resources of a SOTW response into new() and
+// returns their names.
+func responseNames[M proto.Message](t *testing.T, r cachev3.Response, newM func() M, name func(M) string) []string {
+	t.Helper()
+	dr, err := r.GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range dr.GetResources() {
+		m := newM()
+		if err := a.UnmarshalTo(m); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name(m))
+	}
+	return names
+}
+
+func sotwNames(t *testing.T, r cachev3.Response) []string {
+	t.Helper()
+	return responseNames(t, r, func() *endpointv3.ClusterLoadAssignment { return &endpointv3.ClusterLoadAssignment{} },
+		(*endpointv3.ClusterLoadAssignment).GetClusterName)
+}
+
+func deltaNames(r cachev3.DeltaResponse) (updated, removed []string) {
+	dr, _ := r.GetDeltaDiscoveryResponse()
+	for _, res := range dr.GetResources() {
+		updated = append(updated, res.GetName())
+	}
+	return updated, dr.GetRemovedResources()
+}
+
+func TestAssignmentCacheSotwSendsOnlyChangedAssignments(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new proxy subscribing to a and b gets both.
+	out := sotwWatch(t, c, "", []string{"a", "b"}, nil)
+	r, ok := got(out)
+	if !ok {
+		t.Fatal("no response to a proxy that holds nothing")
+	}
+	if names := sotwNames(t, r); !slices.Equal(names, []string{"a", "b"}) {
+		t.Fatalf("first response carries %v, want [a b]", names)
+	}
+	v1, held := r.GetResponseVersion(), r.GetReturnedResources()
+
+	// A change elsewhere while the proxy has no watch open: its next
+	// request, still at v1, gets nothing.
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.31"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := got(sotwWatch(t, c, v1, []string{"a", "b"}, held)); ok {
+		t.Fatalf("a proxy holding current a and b was sent %v after a change to c", sotwNames(t, r))
+	}
+	// Its ACK opens a watch that waits: nothing changed.
+	out = sotwWatch(t, c, v1, []string{"a", "b"}, held)
+	if _, ok := got(out); ok {
+		t.Fatal("a proxy holding every assignment it subscribes to was sent a response")
+	}
+	// A change to an assignment it does not use reaches nobody.
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.33"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got(out); ok {
+		t.Fatal("a change to c reached a proxy subscribed to a and b")
+	}
+	// A change to b sends b alone; the returned map is the same one.
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.22", "c": "10.0.0.33"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	r, ok = got(out)
+	if !ok {
+		t.Fatal("the change to b did not reach the proxy")
+	}
+	if names := sotwNames(t, r); !slices.Equal(names, []string{"b"}) {
+		t.Errorf("the change carries %v, want only [b]", names)
+	}
+	if reflect.ValueOf(r.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(held).UnsafePointer() {
+		t.Error("a change to a held assignment copied the returned map")
+	}
+
+	// NACKed: guardNack presents the rejected version; nothing is re-sent.
+	if _, ok := got(sotwWatch(t, c, r.GetResponseVersion(), []string{"a", "b"}, r.GetReturnedResources())); ok {
+		t.Error("the version the proxy rejected was sent again")
+	}
+	// Subscribing to c as well sends c, and only c.
+	r, ok = got(sotwWatch(t, c, r.GetResponseVersion(), []string{"a", "b", "c"}, r.GetReturnedResources()))
+	if !ok || !slices.Equal(sotwNames(t, r), []string{"c"}) {
+		t.Errorf("a new subscription to c: got %v (%v), want [c]", r, ok)
+	}
+	// A proxy resuming with a version from another meshd process holds
+	// who knows what: it gets all it subscribes to.
+	r, ok = got(sotwWatch(t, c, "other-7", []string{"a", "b"}, nil))
+	if !ok || !slices.Equal(sotwNames(t, r), []string{"a", "b"}) {
+		t.Errorf("a proxy resuming from another process: got %v, want [a b]", r)
+	}
+}
+
+func TestAssignmentCacheSotwProxiesShareReturnedMaps(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := got(sotwWatch(t, c, "", []string{"a", "b"}, nil))
+	r2, _ := got(sotwWatch(t, c, "", []string{"b", "a"}, nil))
+	if r1 == nil || r2 == nil {
+		t.Fatal("no responses")
+	}
+	if reflect.ValueOf(r1.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(r2.GetReturnedResources()).UnsafePointer() {
+		t.Error("two proxies holding the same assignments do not share one returned map")
+	}
+	if !slices.Equal(slices.Sorted(maps.Keys(r1.GetReturnedResources())), []string{"a", "b"}) {
+		t.Errorf("returned map %v, want a and b", r1.GetReturnedResources())
+	}
+}
+
+func TestAssignmentCacheWaitsForTheFirstUpdate(t *testing.T) {
+	c := newAssignmentCache("p-")
+	a := checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"})
+	// A delta proxy resuming after a meshd restart names what it holds.
+	held := map[string]string{"a": a["a"].version, "b": a["b"].version}
+	out := deltaWatch(t, c, []string{"a", "b"}, held)
+	sotw := sotwWatch(t, c, "old-3", []string{"a"}, nil)
+	if _, ok := got(out); ok {
+		t.Fatal("an empty cache answered a delta proxy (it would have removed its assignments)")
+	}
+	if _, ok := got(sotw); ok {
+		t.Fatal("an empty cache answered a SOTW proxy")
+	}
+	if _, err := c.update(a, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := got(out); ok {
+		up, rm := deltaNames(r)
+		t.Errorf("a delta proxy holding the current assignments was sent %v, removed %v", up, rm)
+	}
+	r, ok := got(sotw)
+	if !ok || !slices.Equal(sotwNames(t, r), []string{"a"}) {
+		t.Errorf("the SOTW proxy got %v, want [a] once the cache is filled", r)
+	}
+}
+
+func TestAssignmentCacheDelta(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := got(deltaWatch(t, c, []string{"a", "b"}, nil))
+	if !ok {
+		t.Fatal("no first response")
+	}
+	if up, _ := deltaNames(r); !slices.Equal(up, []string{"a", "b"}) {
+		t.Fatalf("first delta response %v, want [a b]", up)
+	}
+	held := r.GetReturnedResources()
+	// A second proxy in the same state shares the returned map.
+	r2, _ := got(deltaWatch(t, c, []string{"a", "b"}, nil))
+	if reflect.ValueOf(r2.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(held).UnsafePointer() {
+		t.Error("two delta proxies holding the same versions do not share one returned map")
+	}
+
+	sub := streamv3.NewDeltaSubscription([]string{"a", "b"}, nil, nil, false)
+	sub.SetReturnedResources(held)
+	out := make(chan cachev3.DeltaResponse, 1)
+	if _, err := c.CreateDeltaWatch(&cachev3.DeltaRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "1"}, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := got(out); ok {
+		t.Fatal("a proxy holding every current version was sent a response")
+	}
+	// b is gone from the mesh and no cluster uses it: it is removed.
+	gone, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1"}), time.Time{})
+	if err != nil || !slices.Equal(gone, []string{"b"}) {
+		t.Fatalf("update returned %v, %v; want b gone", gone, err)
+	}
+	if _, ok := got(out); ok {
+		t.Fatal("b was withdrawn before the caller removed it")
+	}
+	c.remove(gone)
+	r, ok = got(out)
+	if !ok {
+		t.Fatal("the removal did not reach the delta proxy")
+	}
+	if up, rm := deltaNames(r); len(up) != 0 || !slices.Equal(rm, []string{"b"}) {
+		t.Errorf("removal response: updated %v removed %v, want removed [b]", up, rm)
+	}
+	if _, ok := r.GetReturnedResources()["b"]; ok {
+		t.Error("the returned map still lists b")
+	}
+}
+
+func TestAssignmentCacheVersionsAndConvergence(t *testing.T) {
+	c := newAssignmentCache("p-")
+	e := &endpointCache{prefix: "p-"}
+	t0 := time.Now()
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	vAB, ok := c.required([]string{"a", "b"})
+	if !ok || vAB != "p-1" {
+		t.Fatalf("required = %q, %v; want p-1", vAB, ok)
+	}
+	if _, ok := c.required([]string{"a", "zz"}); ok {
+		t.Error("required reports an unpublished assignment as published")
+	}
+	changedAt := t0.Add(time.Second)
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.9"}), changedAt); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.required([]string{"a"}); v != "p-1" {
+		t.Errorf("a did not change, yet it requires %s", v)
+	}
+	vB, _ := c.required([]string{"a", "b"})
+	if vB != "p-2" {
+		t.Errorf("required after b changed = %s, want p-2", vB)
+	}
+	for _, tt := range []struct {
+		acked, required string
+		want            bool
+	}{
+		{"p-2", "p-2", true}, {"p-3", "p-2", true}, {"p-1", "p-2", false}, {"q-9", "p-2", false}, {"", "p-1", false},
+	} {
+		if got := e.holds(tt.acked, tt.required); got != tt.want {
+			t.Errorf("holds(%q, %q) = %v, want %v", tt.acked, tt.required, got, tt.want)
+		}
+	}
+	// The ACK of p-2 completes the change to b for a proxy using b,
+	// not for one using a only, and not twice.
+	if at, ok := c.converged([]string{"a", "b"}, "p-2", "p-1", t0); !ok || !at.Equal(changedAt) {
+		t.Errorf("converged = %v, %v; want the change at %v", at, ok, changedAt)
+	}
+	if _, ok := c.converged([]string{"a"}, "p-2", "p-1", t0); ok {
+		t.Error("a proxy not using b converged on b's change")
+	}
+	if _, ok := c.converged([]string{"b"}, "p-2", "p-2", t0); ok {
+		t.Error("the same change was measured twice")
+	}
+	if _, ok := c.converged([]string{"b"}, "p-2", "", changedAt.Add(time.Second)); ok {
+		t.Error("a change older than the stream was measured")
+	}
+}
+
+func TestAssignmentCacheKeepsLastValidAssignment(t *testing.T) {
+	c := newAssignmentCache("p-")
+	good := checkedCLAs(t, map[string]string{"a": "10.0.0.1"})
+	if _, err := c.update(good, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]checkedAssignment{"a": {err: errTest("a is invalid")}}
+	if _, err := c.update(bad, time.Time{}); err == nil {
+		t.Fatal("an invalid assignment was accepted")
+	}
+	res := c.resources([]string{"a"})
+	if len(res) != 1 || !proto.Equal(res["a"].Resource, good["a"].res) {
+		t.Errorf("the last valid assignment was not kept: %v", res)
+	}
+	if err := c.invalidAmong([]string{"a"}); err == nil {
+		t.Error("invalidAmong does not report the refused assignment")
+	}
+	if err := c.missing([]string{"a"}); err != nil {
+		t.Errorf("a is still published, yet missing says %v", err)
+	}
+}
+
+type errTest string
+
+func (e errTest) Error() string { return string(e) }
+
+// The endpoint cache interns the names proxies send.
+func TestEndpointCacheInternsNames(t *testing.T) {
+	e := newEndpointCache()
+	if _, err := e.flavor("envoy").update(checkedCLAs(t, map[string]string{"outbound|80||a.ns.svc.cluster.local": "10.0.0.1"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	e.refreshNames()
+	req := &discoveryv3.DiscoveryRequest{ResourceNames: []string{string([]byte("outbound|80||a.ns.svc.cluster.local")), "unknown"}}
+	e.intern(req.ResourceNames)
+	var held string
+	for n := range e.flavor("envoy").items {
+		held = n
+	}
+	if unsafeData(req.ResourceNames[0]) != unsafeData(held) {
+		t.Error("a known name was not replaced by the cache's copy")
+	}
+	if req.ResourceNames[1] != "unknown" {
+		t.Error("an unknown name was changed")
+	}
+}
+
+func unsafeData(s string) *byte { return unsafe.StringData(s) }
