@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,8 +48,10 @@ type serveConfig struct {
 
 	XDSAddr        string
 	MonitoringAddr string
-	DebounceAfter  time.Duration
-	DebounceMax    time.Duration
+	// Pprof serves Go's profiler under /debug/pprof/ on MonitoringAddr.
+	Pprof         bool
+	DebounceAfter time.Duration
+	DebounceMax   time.Duration
 
 	CADir       string
 	CACert      string
@@ -82,6 +85,7 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "address of the ADS (xDS) gRPC server")
 	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", "127.0.0.1:15014", "address of /metrics, /healthz, /readyz and /debug/*")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiler at /debug/pprof/ on --monitoring-addr (for performance work; keep that address private)")
 	fs.DurationVar(&cfg.DebounceAfter, "debounce-after", 100*time.Millisecond, "quiet period after a change before pushing")
 	fs.DurationVar(&cfg.DebounceMax, "debounce-max", time.Second, "longest a burst of changes can delay a push")
 	fs.StringVar(&cfg.CADir, "ca-dir", defaultCADir(), "directory holding the self-signed root (created on first start, reused after)")
@@ -307,7 +311,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("monitoring", "addr", monLis.Addr().String(), "metrics", "/metrics", "debug", "/debug/syncz")
 
-	mon := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := srv.Handler()
+	if cfg.Pprof {
+		handler = withPprof(handler)
+		log.Warn("serving Go's profiler at /debug/pprof/; it exposes memory contents, keep --monitoring-addr private")
+	}
+	mon := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	errs := make(chan error, 3)
 	go func() {
 		if err := mon.Serve(monLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -395,4 +404,16 @@ func logSnapshot(log *slog.Logger, s *model.Snapshot) {
 		"endpoints", endpoints,
 		"policies", len(ps.PeerAuthentications)+len(ps.DestinationRules)+len(ps.AuthorizationPolicies)+len(ps.RequestAuthentications),
 		"errors", errs, "warnings", warns)
+}
+
+// withPprof adds Go's profiler under /debug/pprof/ in front of h.
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", h)
+	return mux
 }

@@ -56,6 +56,8 @@ type config struct {
 	timeout  time.Duration
 	json     bool
 	keep     bool
+	pprof    bool
+	memLimit string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -71,6 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.debounce, "debounce", 100*time.Millisecond, "meshd's --debounce-after, subtracted from the endpoint-change figures")
 	fs.DurationVar(&c.timeout, "timeout", 3*time.Minute, "longest to wait for any one phase (start, full config, one change)")
 	fs.BoolVar(&c.json, "json", false, "print the results as JSON instead of a table")
+	fs.StringVar(&c.memLimit, "meshd-gomemlimit", "", "run meshd with this GOMEMLIMIT (Go's soft memory limit, e.g. 400MiB), as a deployment that sets it from its memory limit does")
+	fs.BoolVar(&c.pprof, "pprof", false, "run meshd with --pprof and log its profiler URL, to profile it while the benchmark runs")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (manifests, meshd's log and CA) and print where it is")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./e2e/scale [flags]\n\n"+
@@ -168,9 +172,20 @@ func benchmark(ctx context.Context, cfg config, log *slog.Logger) (rep *report, 
 	if err != nil {
 		return nil, err
 	}
-	m, err := startMeshd(bin, configDir, filepath.Join(work, "ca"), filepath.Join(work, "meshd.log"), cfg.debounce)
+	var extra []string
+	if cfg.pprof {
+		extra = append(extra, "--pprof")
+	}
+	var env []string
+	if cfg.memLimit != "" {
+		env = append(env, "GOMEMLIMIT="+cfg.memLimit)
+	}
+	m, err := startMeshd(bin, configDir, filepath.Join(work, "ca"), filepath.Join(work, "meshd.log"), cfg.debounce, env, extra...)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.pprof {
+		log.Info("meshd's profiler", "url", m.monitoring+"/debug/pprof/")
 	}
 	defer m.stop()
 	if err := m.waitReady(ctx, cfg.timeout); err != nil {

@@ -73,7 +73,7 @@ type meshdProc struct {
 
 // startMeshd runs meshd serve on configDir, in its own process group, with
 // its log in logFile.
-func startMeshd(bin, configDir, caDir, logFile string, debounce time.Duration) (*meshdProc, error) {
+func startMeshd(bin, configDir, caDir, logFile string, debounce time.Duration, env []string, extra ...string) (*meshdProc, error) {
 	xdsAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -86,15 +86,17 @@ func startMeshd(bin, configDir, caDir, logFile string, debounce time.Duration) (
 	if err != nil {
 		return nil, fmt.Errorf("creating meshd's log: %w", err)
 	}
-	cmd := exec.Command(bin, "serve",
+	args := []string{"serve",
 		"--config-dir", configDir,
 		"--xds-auth=none",
 		"--ca-dir", caDir,
 		"--xds-addr", xdsAddr,
 		"--monitoring-addr", mon,
 		"--debounce-after", debounce.String(),
-	)
+	}
+	cmd := exec.Command(bin, append(args, extra...)...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		f.Close()
