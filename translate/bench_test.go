@@ -39,7 +39,7 @@ func BenchmarkTranslate(b *testing.B) {
 
 // benchSnapshot generates n services spread over namespaces of 100, every
 // other one HTTP, each with 4 ready in-mesh endpoints.
-func benchSnapshot(b *testing.B, n int) *model.Snapshot {
+func benchSnapshot(b testing.TB, n int) *model.Snapshot {
 	b.Helper()
 	snap := &model.Snapshot{}
 	for i := range n {

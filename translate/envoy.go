@@ -27,7 +27,7 @@ type anypbAny = anypb.Any
 // the services selecting the proxy and the policies applying to it, the
 // outbound side from every service in the mesh (the proxy's own included,
 // as in Istio, so a workload can call its own service).
-func translateEnvoy(snap *model.Snapshot, p Proxy, opts Options) (res *Resources) {
+func translateEnvoy(b *Batch, p Proxy) (res *Resources) {
 	defer func() {
 		// Translation is written not to panic on any input; should a bug
 		// make it, the caller gets an error instead of a crash and keeps
@@ -37,9 +37,14 @@ func translateEnvoy(snap *model.Snapshot, p Proxy, opts Options) (res *Resources
 		}
 	}()
 	res = &Resources{}
-	t := envoyTranslation{snap: snap, proxy: p, opts: opts, res: res}
+	t := envoyTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res}
 	t.inbound()
-	t.outbound()
+	res.add(b.outboundFor(FlavorEnvoy, p.Namespace, func() *Resources {
+		// Outbound reads the proxy's namespace only (see Batch).
+		o := envoyTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorEnvoy, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}}
+		o.outbound()
+		return o.res
+	}))
 	t.finish()
 	return res
 }

@@ -49,7 +49,7 @@ import (
 //     calls fail rather than go out in plaintext.
 
 // translateProxyless assembles a proxyless gRPC workload's configuration.
-func translateProxyless(snap *model.Snapshot, p Proxy, opts Options) (res *Resources) {
+func translateProxyless(b *Batch, p Proxy) (res *Resources) {
 	defer func() {
 		// As for Envoy: a bug must cost a configuration, not the process.
 		if r := recover(); r != nil {
@@ -57,9 +57,14 @@ func translateProxyless(snap *model.Snapshot, p Proxy, opts Options) (res *Resou
 		}
 	}()
 	res = &Resources{}
-	t := proxylessTranslation{snap: snap, proxy: p, opts: opts, res: res}
+	t := proxylessTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res}
 	t.inbound()
-	t.outbound()
+	res.add(b.outboundFor(FlavorProxyless, p.Namespace, func() *Resources {
+		// Outbound reads the proxy's namespace only (see Batch).
+		o := proxylessTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorProxyless, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}}
+		o.outbound()
+		return o.res
+	}))
 	canonicalize(res)
 	return res
 }

@@ -110,15 +110,17 @@ func (o Options) WithDefaults() Options {
 // whole: what cannot be expressed is reported in Resources.Problems and
 // replaced by something no weaker than what the policy asked for.
 func Translate(snap *model.Snapshot, p Proxy, opts Options) *Resources {
-	opts = opts.WithDefaults()
-	if snap == nil {
-		snap = &model.Snapshot{}
-	}
+	return NewBatch(snap, opts).Translate(p)
+}
+
+// Translate builds the resources for one proxy group of the batch's model,
+// as the package-level Translate does.
+func (b *Batch) Translate(p Proxy) *Resources {
 	switch p.Flavor {
 	case FlavorEnvoy:
-		return translateEnvoy(snap, p, opts)
+		return translateEnvoy(b, p)
 	case FlavorProxyless:
-		return translateProxyless(snap, p, opts)
+		return translateProxyless(b, p)
 	default:
 		return &Resources{Problems: policy.Problems{{
 			Severity: policy.SeverityError,

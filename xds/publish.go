@@ -185,6 +185,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 	// 3. Endpoints first, so that a new cluster finds its assignment
 	// already there; then check that every group's clusters have theirs.
 	gone := s.publishEndpoints(m, changedAt)
+	s.resources.forgetObjects()
 	for i, r := range results {
 		if r.err != nil {
 			continue
@@ -398,6 +399,7 @@ func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy, prev 
 		jobs <- built{key: k, proxy: px}
 	}
 	close(jobs)
+	batch := translate.NewBatch(m, s.opts.Translate)
 	out = slices.Grow(out, len(need))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -406,7 +408,7 @@ func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy, prev 
 		go func() {
 			defer wg.Done()
 			for b := range jobs {
-				b = s.buildGroup(m, b)
+				b = s.buildGroup(m, batch, b)
 				mu.Lock()
 				out = append(out, b)
 				mu.Unlock()
@@ -417,8 +419,13 @@ func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy, prev 
 	return out
 }
 
-func (s *Server) buildGroup(m *model.Snapshot, b built) built {
-	res := s.translate(m, b.proxy, s.opts.Translate)
+func (s *Server) buildGroup(m *model.Snapshot, batch *translate.Batch, b built) built {
+	var res *translate.Resources
+	if s.translate != nil {
+		res = s.translate(m, b.proxy, s.opts.Translate)
+	} else {
+		res = batch.Translate(b.proxy)
+	}
 	if res == nil {
 		res = &translate.Resources{}
 	}
@@ -540,7 +547,7 @@ func (s *Server) issue(n *nodeState, id auth.Identity) {
 	var snap *cachev3.Snapshot
 	if err == nil {
 		snap, err = versionedSnapshot(secretResources(cert.ChainPEM, cert.KeyPEM, s.opts.CA.RootPEM()),
-			(*resourceTable)(nil).check) // secrets are per node: nothing to share
+			(*resourceTable)(nil).check, nil) // secrets are per node: nothing to share
 	}
 	s.mu.Lock()
 	live := n.live() && s.nodes[n.id] == n

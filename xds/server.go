@@ -106,8 +106,9 @@ type Server struct {
 	now      func() time.Time
 	m        *metrics
 	gatherer prometheus.Gatherer
-	// translate is translate.Translate; tests replace it to produce
+	// translate, when set, replaces translation: tests use it to produce
 	// resources translation itself never would (invalid, inconsistent).
+	// Unset, each push translates its groups in one translate.Batch.
 	translate func(*model.Snapshot, translate.Proxy, translate.Options) *translate.Resources
 	resources *resourceTable // validated, shared resource contents
 
@@ -204,7 +205,6 @@ func New(opts Options) (*Server, error) {
 		now:       opts.Now,
 		m:         m,
 		gatherer:  gatherer,
-		translate: translate.Translate,
 		resources: newResourceTable(),
 		budget:    newSendBudget(opts.SendBudget, budgetMaxWait),
 		edsFrom:   map[translate.Flavor]*model.Snapshot{},

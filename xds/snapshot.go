@@ -80,7 +80,12 @@ var configTypes = []string{resourcev3.ClusterType, resourcev3.ListenerType, reso
 // check, when not nil, sees every resource with its encoding and returns
 // the resource and version to store: an error rejects it, and a different
 // but equal resource replaces it (see resourceTable).
-func versionedSnapshot(byType map[string][]types.Resource, check func(typeURL string, r types.Resource, encoded []byte) (types.Resource, string, error)) (*cachev3.Snapshot, error) {
+//
+// recall, when not nil, may answer for a resource object check has seen
+// before, with its shared copy and version, so that it is not encoded
+// again.
+func versionedSnapshot(byType map[string][]types.Resource, check func(typeURL string, r types.Resource, encoded []byte) (types.Resource, string, error),
+	recall func(types.Resource) (types.Resource, string, bool)) (*cachev3.Snapshot, error) {
 	var invalid *multierror.Error
 	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(byType))}
 	for typeURL, resources := range byType {
@@ -95,6 +100,14 @@ func versionedSnapshot(byType map[string][]types.Resource, check func(typeURL st
 			name := cachev3.GetResourceName(r)
 			if _, dup := items[name]; dup {
 				return nil, fmt.Errorf("%s resource %q is defined twice; names must be unique", shortType(typeURL), name)
+			}
+			if recall != nil {
+				if shared, version, ok := recall(r); ok {
+					items[name] = types.ResourceWithTTL{Resource: shared}
+					versions[name] = version
+					names = append(names, name)
+					continue
+				}
 			}
 			b, err := cachev3.MarshalResource(r)
 			if err != nil {
@@ -184,16 +197,23 @@ func groupSnapshot(r *translate.Resources, table *resourceTable) (*cachev3.Snaps
 // resourceTable.keep).
 func groupSnapshotUsing(r *translate.Resources, table *resourceTable, used *[]digest) (*cachev3.Snapshot, error) {
 	check := table.check
+	var recall func(types.Resource) (types.Resource, string, bool)
 	if used != nil && table != nil {
 		check = func(typeURL string, res types.Resource, encoded []byte) (types.Resource, string, error) {
 			d := sha256.Sum256(encoded)
-			if typeURL != resourcev3.EndpointType {
-				*used = append(*used, d)
-			}
+			*used = append(*used, d)
 			return table.checkDigest(typeURL, res, encoded, d)
 		}
+		recall = func(res types.Resource) (types.Resource, string, bool) {
+			e, ok := table.recall(res)
+			if !ok {
+				return nil, "", false
+			}
+			*used = append(*used, e.digest)
+			return e.res, e.version, true
+		}
 	}
-	snap, err := versionedSnapshot(groupResources(r), check)
+	snap, err := versionedSnapshot(groupResources(r), check, recall)
 	if err != nil {
 		return nil, &configError{kind: errInvalid, err: err}
 	}
@@ -223,6 +243,12 @@ type resourceTable struct {
 	mu      sync.Mutex
 	gen     uint64
 	entries map[digest]*tableEntry
+	// objects maps translated resource objects already checked in the
+	// current build to their entries: translation shares a namespace's
+	// outbound resources between its groups (translate.Batch), and each
+	// is then encoded and hashed once, not once per group. Cleared after
+	// each build (forgetObjects), so it never keeps a translation alive.
+	objects map[types.Resource]*tableEntry
 }
 
 // digest is the SHA-256 of a resource's encoding, the table's key.
@@ -232,10 +258,29 @@ type tableEntry struct {
 	res     types.Resource
 	version string // cachev3.HashResource of its encoding, shared too
 	gen     uint64 // last push generation that used it
+	digest  digest
 }
 
 func newResourceTable() *resourceTable {
-	return &resourceTable{entries: map[digest]*tableEntry{}}
+	return &resourceTable{entries: map[digest]*tableEntry{}, objects: map[types.Resource]*tableEntry{}}
+}
+
+// recall returns the entry of a resource object checked in this build.
+func (t *resourceTable) recall(r types.Resource) (*tableEntry, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.objects[r]
+	if ok {
+		e.gen = t.gen
+	}
+	return e, ok
+}
+
+// forgetObjects ends a build: the objects it translated may be dropped.
+func (t *resourceTable) forgetObjects() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(t.objects)
 }
 
 // check validates r unless equal content is known valid, and returns the
@@ -252,6 +297,7 @@ func (t *resourceTable) checkDigest(typeURL string, r types.Resource, encoded []
 	t.mu.Lock()
 	if e, ok := t.entries[d]; ok {
 		e.gen = t.gen
+		t.objects[r] = e
 		t.mu.Unlock()
 		return e.res, e.version, nil
 	}
@@ -264,10 +310,11 @@ func (t *resourceTable) checkDigest(typeURL string, r types.Resource, encoded []
 	defer t.mu.Unlock()
 	e, ok := t.entries[d]
 	if !ok { // not added by another group meanwhile
-		e = &tableEntry{res: shell, version: cachev3.HashResource(encoded)}
+		e = &tableEntry{res: shell, version: cachev3.HashResource(encoded), digest: d}
 		t.entries[d] = e
 	}
 	e.gen = t.gen
+	t.objects[r] = e
 	return e.res, e.version, nil
 }
 

@@ -244,7 +244,7 @@ func TestVersionsAreContentHashesPerType(t *testing.T) {
 	}
 	versions := func(r *translate.Resources) (map[string]string, map[string]map[string]string) {
 		t.Helper()
-		s, err := versionedSnapshot(groupResources(r), nil)
+		s, err := versionedSnapshot(groupResources(r), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -282,7 +282,7 @@ func TestVersionsAreContentHashesPerType(t *testing.T) {
 	}
 
 	dup := &translate.Resources{Clusters: []*clusterv3.Cluster{edsCluster("a", ""), edsCluster("a", "")}}
-	if _, err := versionedSnapshot(groupResources(dup), nil); err == nil || !strings.Contains(err.Error(), `"a" is defined twice`) {
+	if _, err := versionedSnapshot(groupResources(dup), nil, nil); err == nil || !strings.Contains(err.Error(), `"a" is defined twice`) {
 		t.Errorf("duplicate names: got %v, want an error naming the duplicate", err)
 	}
 }
