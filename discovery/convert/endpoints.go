@@ -2,6 +2,7 @@ package convert
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,9 +32,25 @@ import (
 // The result does not depend on the order of the inputs.
 func Endpoints(services []*corev1.Service, pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice, opts Options) []model.ServiceEndpoints {
 	index := NewPodIndex(pods)
-	podsByNS := map[string][]*corev1.Pod{}
+	// Pods by namespace and label, so that a service's selector looks at
+	// the pods carrying one of its labels, not at every pod of its
+	// namespace. Each list keeps the order of pods.
+	byLabel := map[[3]string][]*corev1.Pod{}
 	for _, p := range pods {
-		podsByNS[p.Namespace] = append(podsByNS[p.Namespace], p)
+		for k, v := range p.Labels {
+			key := [3]string{p.Namespace, k, v}
+			byLabel[key] = append(byLabel[key], p)
+		}
+	}
+	candidates := func(svc *corev1.Service) []*corev1.Pod {
+		var best []*corev1.Pod
+		for i, k := range slices.Sorted(maps.Keys(svc.Spec.Selector)) {
+			l := byLabel[[3]string{svc.Namespace, k, svc.Spec.Selector[k]}]
+			if i == 0 || len(l) < len(best) {
+				best = l
+			}
+		}
+		return best
 	}
 	bySvc := map[[2]string][]*discoveryv1.EndpointSlice{}
 	for _, s := range eps {
@@ -57,7 +74,7 @@ func Endpoints(services []*corev1.Service, pods []*corev1.Pod, eps []*discoveryv
 			case hasSlices:
 				se.Endpoints = SliceEndpoints(sl, sp, index)
 			case opts.DeriveFromSelectors:
-				se.Endpoints = SelectorEndpoints(svc, sp, podsByNS[svc.Namespace], opts)
+				se.Endpoints = SelectorEndpoints(svc, sp, candidates(svc), opts)
 			}
 			out = append(out, se)
 		}

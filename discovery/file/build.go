@@ -96,8 +96,8 @@ type builder struct {
 }
 
 type nsUse struct {
-	ns   string
-	prob model.Problem
+	ns string
+	o  obj
 }
 
 // endpointSlice remembers the document a slice came from, for warnings
@@ -333,12 +333,18 @@ func (b *builder) accept(o obj, valid bool) bool {
 }
 
 func (b *builder) useNamespace(o obj) {
-	b.nsUses = append(b.nsUses, nsUse{ns: o.ns, prob: model.Problem{
+	b.nsUses = append(b.nsUses, nsUse{ns: o.ns, o: o})
+}
+
+// problem is the warning for a use of a namespace declared nowhere.
+func (u nsUse) problem() model.Problem {
+	o := u.o
+	return model.Problem{
 		Severity: policy.SeverityWarning, Kind: o.kind, Namespace: o.ns, Name: o.name,
 		Location: policy.Location{File: o.d.file, Line: o.d.ix.line("metadata.namespace")},
 		Field:    "metadata.namespace",
 		Message:  fmt.Sprintf("namespace %q is not declared by any Namespace document; check the spelling or add one", o.ns),
-	}})
+	}
 }
 
 func (b *builder) addNamespace(o obj) {
@@ -370,6 +376,18 @@ func (b *builder) addService(o obj) {
 	if !b.decodeStrict(o, &s, "a v1 Service") {
 		return
 	}
+	ok := o.d.memo.checked || b.checkService(o, &s)
+	o.d.memo.checked = ok
+	if !b.accept(o, ok) {
+		return
+	}
+	s.Namespace, s.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
+	b.services = append(b.services, &s)
+}
+
+// checkService reports every problem of one Service that its document
+// alone decides, and whether there was none.
+func (b *builder) checkService(o obj, s *corev1.Service) bool {
 	ok := b.checkLabels(o, s.Labels)
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		b.errorf(o, "spec.type", "type ExternalName is not supported; use ClusterIP (the default), NodePort or LoadBalancer")
@@ -439,11 +457,7 @@ func (b *builder) addService(o obj) {
 			}
 		}
 	}
-	if !b.accept(o, ok) {
-		return
-	}
-	s.Namespace, s.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
-	b.services = append(b.services, &s)
+	return ok
 }
 
 func (b *builder) addPod(o obj) {
@@ -451,8 +465,20 @@ func (b *builder) addPod(o obj) {
 	if !b.decodeStrict(o, &p, "a v1 Pod") {
 		return
 	}
+	ok := o.d.memo.checked || b.checkPod(o, &p)
+	o.d.memo.checked = ok
+	if !b.accept(o, ok) {
+		return
+	}
+	p.Namespace, p.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
+	b.pods = append(b.pods, &p)
+}
+
+// checkPod reports every problem of one Pod that its document alone
+// decides, and whether there was none.
+func (b *builder) checkPod(o obj, p *corev1.Pod) bool {
 	ok := b.checkLabels(o, p.Labels)
-	sa := convert.ServiceAccount(&p)
+	sa := convert.ServiceAccount(p)
 	if errs := validation.IsDNS1123Subdomain(sa); len(errs) > 0 {
 		b.errorf(o, "spec.serviceAccountName", "%q is not a valid service account name: %s", sa, strings.Join(errs, "; "))
 		ok = false
@@ -482,11 +508,7 @@ func (b *builder) addPod(o obj) {
 			}
 		}
 	}
-	if !b.accept(o, ok) {
-		return
-	}
-	p.Namespace, p.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
-	b.pods = append(b.pods, &p)
+	return ok
 }
 
 func (b *builder) addEndpointSlice(o obj) {
@@ -601,7 +623,7 @@ func (b *builder) snapshot() *model.Snapshot {
 	}
 	for _, u := range b.nsUses {
 		if !declared[u.ns] && !slices.Contains(implicitNamespaces, u.ns) {
-			b.problems = append(b.problems, u.prob)
+			b.problems = append(b.problems, u.problem())
 		}
 	}
 	for _, svc := range b.services {

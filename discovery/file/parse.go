@@ -49,6 +49,9 @@ type docMemo struct {
 	node    *yaml.Node
 	hdr     *header
 	decoded any
+	// checked: the checks that the document alone decides (a Pod's or a
+	// Service's fields) found nothing wrong.
+	checked bool
 }
 
 // yamlLine finds the line yaml.v3 puts in its syntax errors
