@@ -58,10 +58,15 @@ func (p *publisher) all() []*model.Snapshot {
 // startSource runs a Source with cfg until the test ends.
 func startSource(t *testing.T, cfg *rest.Config, invalid *prometheus.CounterVec) *publisher {
 	t.Helper()
-	src, err := kubernetes.New(kubernetes.Options{
-		Config: cfg, InvalidObjects: invalid,
-		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
-	})
+	return startSourceWith(t, kubernetes.Options{Config: cfg, InvalidObjects: invalid})
+}
+
+// startSourceWith runs a Source with opts (logging to the test) until the
+// test ends.
+func startSourceWith(t *testing.T, opts kubernetes.Options) *publisher {
+	t.Helper()
+	opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	src, err := kubernetes.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +369,17 @@ spec:
     - source:
         principals: ["a*b"]
 ---
+# A misspelt field (notNamespace for notNamespaces) is kept by the CRD's schema, not pruned
+# into a broader rule, so minimesh sees it and refuses the object.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: typo-field, namespace: shop}
+spec:
+  rules:
+  - from:
+    - source:
+        notNamespace: ["other"]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow-get, namespace: shop}
@@ -400,12 +416,15 @@ spec:
 			t.Errorf("event = %s %s %s on %s: %q; want Warning %s naming %s",
 				ev.Type, ev.Reason, ev.Source.Component, ev.InvolvedObject.Kind, ev.Message, kubernetes.ReasonInvalidPolicy, problem.Field)
 		}
+		if ev := waitEvent(t, admin, ns, "typo-field"); ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "notNamespace") {
+			t.Errorf("event about the misspelt field = %s %q; want a Warning naming notNamespace", ev.Type, ev.Message)
+		}
 		var m dto.Metric
 		if err := invalid.WithLabelValues(policy.KindAuthorizationPolicy).Write(&m); err != nil {
 			t.Fatal(err)
 		}
-		if got := m.GetCounter().GetValue(); got != 1 {
-			t.Errorf("invalid-objects counter for AuthorizationPolicy = %v, want 1", got)
+		if got := m.GetCounter().GetValue(); got != 2 {
+			t.Errorf("invalid-objects counter for AuthorizationPolicy = %v, want 2", got)
 		}
 	})
 
@@ -508,4 +527,28 @@ func TestAPIServerRestart(t *testing.T) {
 	}
 	// Once resynced, nothing more is published without a change.
 	pub.expectQuiet(t, 2*time.Second, "nothing changed after the reconnect")
+}
+
+// TestPolicyKindsInstalledLater: a meshd started before minimesh's CRDs
+// watches the policy kinds as soon as they are installed, without a
+// restart, and their objects take effect.
+func TestPolicyKindsInstalledLater(t *testing.T) {
+	env := kubeenv.Start(t)
+	admin := env.Client()
+	service(t, admin, "default", "early")
+	pub := startSourceWith(t, kubernetes.Options{Config: env.RESTConfig(), KindRecheck: 200 * time.Millisecond})
+	pub.waitSnapshot(t, "default/early", func(s *model.Snapshot) bool { return s.Service("default", "early") != nil })
+
+	ctx := ctxT(t)
+	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatalf("apply the CRDs: %v", err)
+	}
+	applyPolicy(t, env, "AuthorizationPolicy", "deny-all", `{}`)
+	applyPolicy(t, env, "PeerAuthentication", "strict", `{"mtls": {"mode": "STRICT"}}`)
+	s := pub.waitSnapshot(t, "the policies of the CRDs installed later", func(s *model.Snapshot) bool {
+		return len(s.Policies.AuthorizationPolicies) == 1 && len(s.Policies.PeerAuthentications) == 1
+	})
+	if s.Service("default", "early") == nil {
+		t.Error("the snapshot with the new policies lost default/early")
+	}
 }

@@ -43,6 +43,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
@@ -63,6 +64,9 @@ import (
 // layer's own debounce.
 const DefaultCoalesce = 75 * time.Millisecond
 
+// DefaultKindRecheck is how often missing policy kinds are looked for.
+const DefaultKindRecheck = 10 * time.Second
+
 // syncWarnInterval is how often Run names the informers that have not synced
 // yet, typically because of missing RBAC or an unreachable API server.
 const syncWarnInterval = 15 * time.Second
@@ -81,6 +85,12 @@ type Options struct {
 	// built; DefaultCoalesce when zero.
 	Coalesce time.Duration
 
+	// KindRecheck is how often the source asks the API server again for
+	// policy kinds it did not serve (their CRDs not installed yet), so
+	// that they are watched as soon as they are; DefaultKindRecheck when
+	// zero.
+	KindRecheck time.Duration
+
 	// Logger receives the source's logs; slog.Default() when nil.
 	Logger *slog.Logger
 
@@ -98,6 +108,7 @@ type Source struct {
 	client   kubernetes.Interface
 	dynamic  dynamic.Interface
 	coalesce time.Duration
+	recheck  time.Duration
 	log      *slog.Logger
 	invalid  *prometheus.CounterVec
 	recorder record.EventRecorder
@@ -110,9 +121,13 @@ func New(opts Options) (*Source, error) {
 		client:   opts.Client,
 		dynamic:  opts.Dynamic,
 		coalesce: opts.Coalesce,
+		recheck:  opts.KindRecheck,
 		log:      opts.Logger,
 		invalid:  opts.InvalidObjects,
 		recorder: opts.EventRecorder,
+	}
+	if s.recheck <= 0 {
+		s.recheck = DefaultKindRecheck
 	}
 	if s.coalesce <= 0 {
 		s.coalesce = DefaultCoalesce
@@ -183,9 +198,11 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 		slices:     factory.Discovery().V1().EndpointSlices().Informer(),
 		names:      []string{"namespaces", "services", "pods", "endpointslices.discovery.k8s.io"},
 	}
+	watching := map[schema.GroupVersionResource]bool{}
 	for _, k := range kinds {
 		w.policies = append(w.policies, dynFactory.ForResource(k.gvr).Informer())
 		w.names = append(w.names, k.gvr.Resource+"."+k.gvr.Group)
+		watching[k.gvr] = true
 	}
 
 	changed := make(chan struct{}, 1)
@@ -237,6 +254,16 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	}
 	publishIfChanged()
 
+	// Policy kinds whose CRDs are not installed yet are looked for again
+	// until all are watched: a meshd started before its CRDs must not
+	// ignore AuthorizationPolicies forever.
+	var recheck <-chan time.Time
+	if len(watching) < len(policyKinds) {
+		t := time.NewTicker(s.recheck)
+		defer t.Stop()
+		recheck = t.C
+	}
+
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	pending := false
@@ -244,6 +271,40 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-recheck:
+			served, err := s.servedOnce(ctx, false)
+			if err != nil {
+				continue // the API server is away; ask again next time
+			}
+			var added []cache.SharedIndexInformer
+			for _, k := range served {
+				if watching[k.gvr] {
+					continue
+				}
+				inf := dynFactory.ForResource(k.gvr).Informer()
+				if _, err := inf.AddEventHandler(handler); err != nil {
+					s.log.Error("cannot watch a policy kind", "kind", k.kind, "error", err)
+					continue
+				}
+				watching[k.gvr] = true
+				added = append(added, inf)
+				w.policies = append(w.policies, inf)
+				w.names = append(w.names, k.gvr.Resource+"."+k.gvr.Group)
+				s.log.Info("the API server now serves a policy kind; watching it", "kind", k.kind, "resource", k.gvr.Resource+"."+k.gvr.Group)
+			}
+			if len(added) == 0 {
+				continue
+			}
+			dynFactory.Start(runCtx.Done())
+			// Its first list is part of one snapshot, not published
+			// object by object.
+			if !cache.WaitForCacheSync(runCtx.Done(), hasSynced(added)...) {
+				return nil
+			}
+			notify()
+			if len(watching) == len(policyKinds) {
+				recheck = nil
+			}
 		case <-changed:
 			// The window starts at the first change and is not extended,
 			// so a steady stream of changes still publishes every Coalesce.
@@ -322,39 +383,19 @@ func listAs[T any](inf cache.SharedIndexInformer) []T {
 }
 
 // servedPolicyKinds asks the API server which policy kinds it serves. A
-// kind whose CRD is not installed cannot have objects, so it is left out
-// with a warning (rather than waiting forever for a list that fails). An
-// unreachable API server is retried until ctx ends.
+// kind whose CRD is not installed cannot have objects yet, so it is left
+// out with a warning (rather than waiting forever for a list that fails)
+// and looked for again while Run runs. An unreachable API server is
+// retried until ctx ends.
 func (s *Source) servedPolicyKinds(ctx context.Context) ([]policyKind, error) {
 	var served []policyKind
 	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 1 << 30, Cap: 10 * time.Second}
 	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
-		served = served[:0]
-		byGV := map[string]map[string]bool{}
-		for _, k := range policyKinds {
-			gv := k.gvr.GroupVersion().String()
-			if _, ok := byGV[gv]; !ok {
-				list, err := s.client.Discovery().ServerResourcesForGroupVersion(gv)
-				switch {
-				case apierrors.IsNotFound(err):
-					byGV[gv] = map[string]bool{}
-				case err != nil:
-					s.log.Warn("cannot ask the API server which policy kinds it serves; retrying", "groupVersion", gv, "error", err)
-					return false, nil
-				default:
-					byGV[gv] = map[string]bool{}
-					for _, r := range list.APIResources {
-						byGV[gv][r.Name] = true
-					}
-				}
-			}
-			if byGV[gv][k.gvr.Resource] {
-				served = append(served, k)
-			} else {
-				s.log.Warn("the API server does not serve this policy kind, so such policies cannot exist and are not read; "+
-					"install minimesh's CRDs (discovery/kubernetes/crds) and restart meshd to use them",
-					"kind", k.kind, "resource", k.gvr.Resource+"."+k.gvr.Group, "version", k.gvr.Version)
-			}
+		var err error
+		served, err = s.servedOnce(ctx, true)
+		if err != nil {
+			s.log.Warn("cannot ask the API server which policy kinds it serves; retrying", "error", err)
+			return false, nil
 		}
 		return true, nil
 	})
@@ -362,6 +403,46 @@ func (s *Source) servedPolicyKinds(ctx context.Context) ([]policyKind, error) {
 		return nil, fmt.Errorf("cannot reach the Kubernetes API server: %w", err)
 	}
 	return served, nil
+}
+
+// servedOnce asks the API server once which policy kinds it serves,
+// warning about each missing one when warn is set.
+func (s *Source) servedOnce(_ context.Context, warn bool) ([]policyKind, error) {
+	var served []policyKind
+	byGV := map[string]map[string]bool{}
+	for _, k := range policyKinds {
+		gv := k.gvr.GroupVersion().String()
+		if _, ok := byGV[gv]; !ok {
+			list, err := s.client.Discovery().ServerResourcesForGroupVersion(gv)
+			switch {
+			case apierrors.IsNotFound(err):
+				byGV[gv] = map[string]bool{}
+			case err != nil:
+				return nil, fmt.Errorf("%s: %w", gv, err)
+			default:
+				byGV[gv] = map[string]bool{}
+				for _, r := range list.APIResources {
+					byGV[gv][r.Name] = true
+				}
+			}
+		}
+		if byGV[gv][k.gvr.Resource] {
+			served = append(served, k)
+		} else if warn {
+			s.log.Warn("the API server does not serve this policy kind, so such policies cannot exist yet; "+
+				"meshd watches it as soon as minimesh's CRDs (discovery/kubernetes/crds) are installed",
+				"kind", k.kind, "resource", k.gvr.Resource+"."+k.gvr.Group, "version", k.gvr.Version)
+		}
+	}
+	return served, nil
+}
+
+func hasSynced(infs []cache.SharedIndexInformer) []cache.InformerSynced {
+	out := make([]cache.InformerSynced, len(infs))
+	for i, inf := range infs {
+		out[i] = inf.HasSynced
+	}
+	return out
 }
 
 func (s *Source) countInvalid(kind string) {
