@@ -70,10 +70,10 @@ type kubeMesh struct {
 // expired, another service account's secrets) use an Envoy-like ADS
 // client, which shows the gRPC status codes.
 //
-// The product gateway of the seeds is not run: it opens several xDS
-// streams from one process (one per channel target, plus its server), and
-// `meshctl agent` relays only one at a time, so its upstream calls fail
-// intermittently. Direct calls from in-mesh clients cover the same checks.
+// The product gateway of the seeds (a workload that is both an xDS server
+// and an xDS client of two services) is not run here: direct calls from
+// in-mesh clients cover the Kubernetes checks, and TestDemoScenarios runs
+// the gateway under `meshctl agent` against the file source.
 func TestKubernetes(t *testing.T) {
 	pn := newPodNet(t)
 	env := kubeenv.Start(t)

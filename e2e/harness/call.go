@@ -77,7 +77,7 @@ func (m *Mesh) Call(ctx context.Context, c Call) (Result, error) {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	// The agent and the client it runs form one process group, so a
 	// cancelled call leaves neither behind.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	_ = cmd.Run() // exit 1 is a refused call; the JSON line says why

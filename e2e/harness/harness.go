@@ -417,7 +417,7 @@ func (m *Mesh) start(name string, env []string, bin string, args ...string) (*Pr
 		w = io.MultiWriter(f, &prefixWriter{prefix: name + " | ", w: m.opts.Output})
 	}
 	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)

@@ -95,7 +95,7 @@ func Apply(ctx context.Context, cfg *rest.Config, manifest []byte, opts ApplyOpt
 		if err != nil {
 			return fmt.Errorf("%s: encode: %w", what, err)
 		}
-		po := metav1.PatchOptions{FieldManager: "kubeenv", Force: ptr(true)}
+		po := metav1.PatchOptions{FieldManager: "kubeenv", Force: ptr(true), FieldValidation: "Strict"}
 		if opts.DryRun {
 			po.DryRun = []string{metav1.DryRunAll}
 		}

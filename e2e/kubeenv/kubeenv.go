@@ -410,6 +410,8 @@ func startProcess(bin, logPath string, args ...string) (*process, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
+	// Should the test binary die (a package timeout), the server goes too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", filepath.Base(bin), err)

@@ -111,7 +111,7 @@ func run() int {
 	fmt.Printf(`
 Where to look next%[3]s:
   %[4]s proxy-status --meshd %[1]s
-  %[4]s proxy-config listeners product-0.default --port 15006 --meshd %[1]s
+  %[4]s proxy-config listeners product-0.default --port 8080 --meshd %[1]s
   %[4]s proxy-config clusters product-gateway-0.default --meshd %[1]s
   %[4]s proxy-config secrets product-0.default --meshd %[1]s
   metrics:  %[1]s/metrics
