@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -609,4 +610,106 @@ func mustDER(t *testing.T, p []byte) []byte {
 		t.Fatal("no PEM block")
 	}
 	return blk.Bytes
+}
+
+// TestRunForwardsSignals: the signals a workload uses (here SIGHUP for a
+// reload, then SIGTERM) reach the command, and the agent exits with the
+// command's status, not killed by them itself.
+func TestRunForwardsSignals(t *testing.T) {
+	meshd := newFakeMeshd(t, "")
+	authority := newCA(t)
+	dir := t.TempDir()
+	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: dir, Log: slog.New(slog.DiscardHandler)}
+	cert := issue(t, authority)
+	meshd.setSecrets("sidecar~127.0.0.12~product-0.default~default.svc.cluster.local", cert.ChainPEM, []byte(cert.KeyPEM), authority.RootPEM())
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	script := `trap 'echo hup' HUP; trap 'echo term; exit 9' TERM; : > "` + ready + `"; while :; do sleep 0.05; done`
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		code, err := Run(context.Background(), opts, []string{"sh", "-c", script}, IO{Stdout: &out, Stderr: io.Discard})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- code
+	}()
+	waitFile(t, ready)
+	for _, s := range []syscall.Signal{syscall.SIGHUP, syscall.SIGTERM} {
+		if err := syscall.Kill(os.Getpid(), s); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	select {
+	case code := <-done:
+		if code != 9 {
+			t.Errorf("exit code = %d, want 9 (the command's, after its TERM trap)", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command did not end after SIGTERM was forwarded")
+	}
+	if got := out.String(); !strings.Contains(got, "hup") || !strings.Contains(got, "term") {
+		t.Errorf("the command saw %q, want both hup and term", got)
+	}
+}
+
+// TestRunStopsOnSignalBeforeTheWorkloadStarts: SIGTERM while the agent
+// still waits for its first certificate ends it with 128+15 and never
+// starts the command.
+func TestRunStopsOnSignalBeforeTheWorkloadStarts(t *testing.T) {
+	meshd := newFakeMeshd(t, "") // serves no secrets: the agent waits
+	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: t.TempDir(),
+		CertTimeout: time.Minute, Log: slog.New(slog.DiscardHandler)}
+	started := filepath.Join(t.TempDir(), "started")
+	done := make(chan int, 1)
+	go func() {
+		code, _ := Run(context.Background(), opts, []string{"sh", "-c", `: > "` + started + `"`}, IO{})
+		done <- code
+	}()
+	time.Sleep(300 * time.Millisecond) // Run has installed its handler by now
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 128+15 {
+			t.Errorf("exit code = %d, want 143", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM did not stop an agent waiting for its certificate")
+	}
+	if _, err := os.Stat(started); err == nil {
+		t.Error("the command was started although the agent was told to stop")
+	}
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s did not appear", path)
+}
+
+// syncBuffer is a bytes.Buffer safe for the command's writer goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

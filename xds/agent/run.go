@@ -27,17 +27,37 @@ type IO struct {
 	Stdout, Stderr io.Writer
 }
 
+// forwarded are the signals Run passes on to the command, as an init
+// process such as tini does: termination requests, and the ones programs
+// use for reloads, dumps and terminal resizes. The agent itself never acts
+// on them; it ends when the command does.
+var forwarded = []os.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+
+// terminating reports a signal that asks a process to stop.
+func terminating(s os.Signal) bool {
+	return s == syscall.SIGHUP || s == syscall.SIGINT || s == syscall.SIGQUIT || s == syscall.SIGTERM
+}
+
 // Run starts an agent, waits for the workload's first certificate (at most
 // Options.CertTimeout), and runs command with GRPC_XDS_BOOTSTRAP set. It
-// forwards SIGINT and SIGTERM to the command itself, so pass a ctx that
-// those signals do not cancel; when ctx ends the command gets SIGTERM and,
-// after a grace period, SIGKILL. It returns the command's exit status (128
-// plus the signal number if a signal ended it); err is set only when the
-// command could not be run at all.
+// forwards the signals in forwarded to the command, so pass a ctx that
+// those signals do not cancel; a terminating one that arrives before the
+// command started stops the agent instead (exit status 128 plus the
+// signal). When ctx ends the command gets SIGTERM and, after a grace
+// period, SIGKILL. It returns the command's exit status (128 plus the
+// signal number if a signal ended it); err is set only when the command
+// could not be run at all.
 func Run(ctx context.Context, opts Options, command []string, stdio IO) (exitCode int, err error) {
 	if len(command) == 0 {
 		return 1, errors.New("no command to run: give it after --")
 	}
+	// From the start: a signal while the agent waits for its first
+	// certificate must stop it cleanly, not kill it with its files.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
 	a, err := New(opts)
 	if err != nil {
 		return 1, err
@@ -46,8 +66,26 @@ func Run(ctx context.Context, opts Options, command []string, stdio IO) (exitCod
 	if err := a.Start(ctx); err != nil {
 		return 1, err
 	}
-	if err := a.waitFirst(ctx); err != nil {
-		return 1, err
+	waitCtx, cancelWait := context.WithCancel(ctx)
+	defer cancelWait()
+	waited := make(chan error, 1)
+	go func() { waited <- a.waitFirst(waitCtx) }()
+	for ready := false; !ready; {
+		select {
+		case err := <-waited:
+			if err != nil {
+				return 1, err
+			}
+			ready = true
+		case s := <-sigs:
+			if !terminating(s) {
+				continue // nothing to pass it to yet
+			}
+			cancelWait()
+			<-waited
+			a.log.Info("stopping before the workload started", "signal", s.String())
+			return 128 + int(s.(syscall.Signal)), nil
+		}
 	}
 
 	cmd := exec.Command(command[0], command[1:]...)
@@ -59,9 +97,6 @@ func Run(ctx context.Context, opts Options, command []string, stdio IO) (exitCod
 	// The command stays in the agent's process group, so whoever stops
 	// the group (a supervisor, a test harness) stops both, even with
 	// SIGKILL. A terminal Ctrl-C may thus reach the command twice.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	if err := cmd.Start(); err != nil {
 		return 127, fmt.Errorf("starting %s: %w", command[0], err)
 	}
