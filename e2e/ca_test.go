@@ -37,7 +37,7 @@ func TestCertificateFromAnotherCAIsRefused(t *testing.T) {
 	ctx := t.Context()
 	writeFile(t, m, harness.FileStrict, harness.PolicyStrict)
 	requireRow(t, m.CheckUntil(ctx, harness.Check{Name: "curl → product", Expected: "refused (STRICT)",
-		Call: fromOutside(harness.Product, 8080, getProduct), Judge: harness.Fails("")}, 15*time.Second))
+		Call: fromOutside(harness.Product, 8080, getProduct), Judge: harness.Fails("Unavailable")}, 15*time.Second))
 
 	quiet := slog.New(slog.DiscardHandler)
 	// meshd's own CA, loaded from its --ca-dir: the same root and key.

@@ -167,6 +167,19 @@ spec:
   - from:
     - source:
         principals: ["cluster.local/ns/*/sa/tester"]
+---
+# A valid policy in the same change: once it is in force, so is whatever
+# meshd made of the invalid one.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: canary, namespace: default}
+spec:
+  selector: {matchLabels: {app: product}}
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/demo.v1.Product/UpdateProduct"]
 `)
 		ev := m.waitEvent(t, "default", "bad-principal")
 		if ev.Type != corev1.EventTypeWarning || ev.Reason != kubesource.ReasonInvalidPolicy || ev.Source.Component != "minimesh" ||
@@ -174,10 +187,14 @@ spec:
 			t.Errorf("event %s %s from %q: %q; want a Warning %s from minimesh naming the principals field",
 				ev.Type, ev.Reason, ev.Source.Component, ev.Message, kubesource.ReasonInvalidPolicy)
 		}
+		m.eventually(t, "the canary policy in force", tester, productTarget, "demo.v1.Product/UpdateProduct", func(r harness.Result) bool {
+			return r.Code == "PermissionDenied" && strings.Contains(r.Message, "canary")
+		})
 		if r := m.call(t, tester, productTarget, getProduct); !r.OK {
 			t.Errorf("with an invalid DENY policy in the cluster, tester → product = %s %s; want OK (the invalid policy is skipped)", r.Code, r.Message)
 		}
 		m.delete(t, "authorizationpolicies", "security.istio.io", "default", "bad-principal")
+		m.delete(t, "authorizationpolicies", "security.istio.io", "default", "canary")
 	})
 
 	t.Run("an API server and etcd restart wipes no proxy's config", func(t *testing.T) {

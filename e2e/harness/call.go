@@ -45,7 +45,9 @@ type Call struct {
 	// RelayTarget and RelayMethod make the call demo.v1.Gateway/Call: the
 	// gateway calls them with its own identity.
 	RelayTarget, RelayMethod string
-	Timeout                  time.Duration
+	// RelayFresh makes the gateway call on a new connection.
+	RelayFresh bool
+	Timeout    time.Duration
 }
 
 // Call makes c once. An in-mesh caller runs under a fresh `meshctl agent`
@@ -60,6 +62,9 @@ func (m *Mesh) Call(ctx context.Context, c Call) (Result, error) {
 		"--target", m.Addr(c.Target), "--method", c.Method, "--timeout", c.Timeout.String(), "--log-level", "error"}
 	if c.RelayTarget != "" {
 		client = append(client, "--relay-target", m.Addr(c.RelayTarget), "--relay-method", c.RelayMethod)
+		if c.RelayFresh {
+			client = append(client, "--relay-fresh")
+		}
 	}
 	var cmd *exec.Cmd
 	if c.From.NoProxy {

@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"net/url"
+	"slices"
+	"strings"
 
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/xds"
@@ -51,4 +55,98 @@ func (m *Mesh) ModelProblems(ctx context.Context) (policy.Problems, error) {
 	}
 	err := m.DebugJSON(ctx, "/debug/model", &snap)
 	return snap.Problems, err
+}
+
+// ExplainAllow says, from meshd's view, why a caller with SPIFFE ID
+// caller matches no ALLOW rule of a workload ("namespace/pod"): it reads
+// the workload's configuration from /debug/config_dump and lists its
+// ALLOW rules with the principals each admits. gRPC names a DENY rule that
+// matched in its status, but not the ALLOW rules that did not.
+func (m *Mesh) ExplainAllow(ctx context.Context, workload, caller string) string {
+	st, err := m.SyncStatus(ctx)
+	if err != nil {
+		return "meshd's view unavailable: " + err.Error()
+	}
+	node := ""
+	for _, p := range st.Proxies {
+		if p.Workload == workload {
+			node = p.NodeID
+		}
+	}
+	if node == "" {
+		return "meshd's view unavailable: no proxy of " + workload + " is connected"
+	}
+	var dump any
+	if err := m.DebugJSON(ctx, "/debug/config_dump?proxy="+url.QueryEscape(node), &dump); err != nil {
+		return "meshd's view unavailable: " + err.Error()
+	}
+	allow := map[string][]string{} // rule name → principals it admits
+	collectAllowRules(dump, allow)
+	if len(allow) == 0 {
+		return "meshd sends " + workload + " no ALLOW rule"
+	}
+	var parts []string
+	admitted := false
+	for _, name := range slices.Sorted(maps.Keys(allow)) {
+		ps := allow[name]
+		if slices.Contains(ps, caller) {
+			admitted = true
+		}
+		if len(ps) == 0 {
+			ps = []string{"any caller"}
+		}
+		parts = append(parts, name+" admits "+strings.Join(ps, ", "))
+	}
+	verdict := "none admits " + caller
+	if admitted {
+		verdict = "one admits " + caller + " by identity (the request must have failed another condition)"
+	}
+	return "meshd's ALLOW rules for " + workload + ": " + strings.Join(parts, "; ") + "; " + verdict
+}
+
+// collectAllowRules finds the RBAC configurations in a config dump (JSON)
+// whose action is ALLOW and records, per policy name, the exact principal
+// names its rules match.
+func collectAllowRules(v any, out map[string][]string) {
+	switch t := v.(type) {
+	case map[string]any:
+		if policies, ok := t["policies"].(map[string]any); ok {
+			if action, _ := t["action"].(string); action == "" || action == "ALLOW" {
+				for name, p := range policies {
+					var ps []string
+					collectPrincipals(p, &ps)
+					slices.Sort(ps)
+					out[name] = slices.Compact(ps)
+				}
+			}
+			return
+		}
+		for _, c := range t {
+			collectAllowRules(c, out)
+		}
+	case []any:
+		for _, c := range t {
+			collectAllowRules(c, out)
+		}
+	}
+}
+
+// collectPrincipals appends the exact SPIFFE IDs a policy's principals
+// match.
+func collectPrincipals(v any, out *[]string) {
+	switch t := v.(type) {
+	case map[string]any:
+		if pn, ok := t["principalName"].(map[string]any); ok {
+			if exact, ok := pn["exact"].(string); ok {
+				*out = append(*out, exact)
+			}
+		}
+		for _, c := range t {
+			collectPrincipals(c, out)
+		}
+	case []any:
+		for _, c := range t {
+			collectPrincipals(c, out)
+		}
+	}
 }

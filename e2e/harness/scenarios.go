@@ -59,14 +59,17 @@ spec:
     tls:
       mode: DISABLE
 `
-	PolicyAuthz = `apiVersion: security.istio.io/v1
+	// PolicyDenyAll is Istio's allow-nothing: an empty spec denies every
+	// request to the namespace's workloads.
+	PolicyDenyAll = `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
   name: allow-nothing
   namespace: default
 spec: {}
----
-apiVersion: security.istio.io/v1
+`
+	// PolicyAuthz is deny-all plus the rules that open it up again.
+	PolicyAuthz = PolicyDenyAll + "---\n" + `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
   name: allow-gateway-read-product
@@ -144,6 +147,9 @@ type Scenario struct {
 	Remove []string
 	Checks []Check
 	Run    func(ctx context.Context, m *Mesh) []Row
+	// Explain adds, to the row of the check of that name, a note from
+	// meshd's view of the policies.
+	Explain map[string]func(ctx context.Context, m *Mesh) string
 }
 
 // Converge bounds how long a check retries while a change propagates.
@@ -168,7 +174,11 @@ func (m *Mesh) RunScenario(ctx context.Context, s Scenario) []Row {
 	}
 	var rows []Row
 	for _, c := range s.Checks {
-		rows = append(rows, m.runCheck(ctx, s.Name, c))
+		row := m.runCheck(ctx, s.Name, c)
+		if explain := s.Explain[c.Name]; explain != nil {
+			row.Observed += " [" + explain(ctx, m) + "]"
+		}
+		rows = append(rows, row)
 	}
 	return rows
 }
@@ -302,8 +312,11 @@ func DemoScenarios() []Scenario {
 			Checks: []Check{
 				// The check that must change goes first: once it holds,
 				// the new policy has arrived.
-				{"curl (test, no proxy) → product", "refused", fromOutside(Product.IP+":8080", "demo.v1.Product/GetProduct"), Fails("")},
+				{"curl (test, no proxy) → product", "refused", fromOutside(Product.IP+":8080", "demo.v1.Product/GetProduct"), Fails("Unavailable")},
 				{"gateway → product, stock (in mesh)", "OK over mTLS", gatewayGet, GatewayFanOut},
+				// The caller scenario 4's DestinationRule changes works
+				// before it: the failure there is the rule's doing.
+				{"tester → product (in mesh)", "OK over mTLS", fromTester(ProductXDS, "demo.v1.Product/GetProduct"), Succeeds(TesterID)},
 			},
 		},
 		{
@@ -311,26 +324,40 @@ func DemoScenarios() []Scenario {
 			Write: map[string]string{FilePortLevel: PolicyStockLegacyPort},
 			Checks: []Check{
 				{"curl → stock:8081", "OK in plaintext", fromOutside(Stock.IP+":8081", "demo.v1.Stock/GetStock"), Succeeds("")},
-				{"curl → stock:8080", "refused", fromOutside(Stock.IP+":8080", "demo.v1.Stock/GetStock"), Fails("")},
+				{"curl → stock:8080", "refused", fromOutside(Stock.IP+":8080", "demo.v1.Stock/GetStock"), Fails("Unavailable")},
 			},
 		},
 		{
 			Name:  "4 DestinationRule tls DISABLE → STRICT",
 			Write: map[string]string{FileRule: RuleProductPlaintext},
 			Checks: []Check{
-				{"tester → product (client sends plaintext)", "refused", fromTester(ProductXDS, "demo.v1.Product/GetProduct"), Fails("")},
+				{"tester → product (client sends plaintext)", "refused", fromTester(ProductXDS, "demo.v1.Product/GetProduct"), Fails("Unavailable")},
 			},
 		},
 		{
-			Name:   "5 deny-all + ALLOW gateway read",
+			Name:   "5a deny-all",
 			Remove: []string{FileRule},
-			Write:  map[string]string{FileAuthz: PolicyAuthz},
+			Write:  map[string]string{FileAuthz: PolicyDenyAll},
 			Checks: []Check{
-				{"tester → product GetProduct", "PermissionDenied", fromTester(ProductXDS, "demo.v1.Product/GetProduct"),
-					Annotated("no ALLOW matched: allow-gateway-read-product admits only sa/product-gateway", Fails("PermissionDenied"))},
+				{"tester → product GetProduct", "PermissionDenied", fromTester(ProductXDS, "demo.v1.Product/GetProduct"), Fails("PermissionDenied")},
+				{"tester → gateway GetProduct", "PermissionDenied", gatewayGet, Fails("PermissionDenied")},
+			},
+		},
+		{
+			Name:  "5b + ALLOW gateway read",
+			Write: map[string]string{FileAuthz: PolicyAuthz},
+			Checks: []Check{
 				{"gateway → product GetProduct", "OK, gateway identity", asGateway(ProductXDS, "demo.v1.Product/GetProduct"), ViaGateway(Succeeds(GatewayID))},
+				{"tester → product GetProduct", "PermissionDenied", fromTester(ProductXDS, "demo.v1.Product/GetProduct"), Fails("PermissionDenied")},
 				{"gateway → product UpdateProduct", "PermissionDenied by deny-product-writes", asGateway(ProductXDS, "demo.v1.Product/UpdateProduct"),
 					ViaGateway(FailsNaming("PermissionDenied", "deny-product-writes"))},
+			},
+			// gRPC names a DENY policy that matched, but not the ALLOW
+			// policies that did not: say which, from meshd's view.
+			Explain: map[string]func(context.Context, *Mesh) string{
+				"tester → product GetProduct": func(ctx context.Context, m *Mesh) string {
+					return m.ExplainAllow(ctx, "default/product-0", TesterID)
+				},
 			},
 		},
 		{
@@ -343,7 +370,10 @@ func DemoScenarios() []Scenario {
 
 // rotation calls the gateway repeatedly until its certificate has rotated
 // twice. Each call is a new connection, so the serial the client sees in
-// the handshake is the certificate the gateway serves at that moment.
+// the handshake is the certificate the gateway serves at that moment. The
+// other direction is checked too: the gateway calls product on a new
+// connection each time, and product reports the serial of the client
+// certificate it saw, which must rotate as well.
 func rotation(ctx context.Context, m *Mesh) []Row {
 	const name = "6 certificate rotation"
 	row := Row{Scenario: name, Check: "tester → gateway → product, stock, over time", Expected: "all OK across ≥2 rotations"}
@@ -353,12 +383,12 @@ func rotation(ctx context.Context, m *Mesh) []Row {
 		row.Observed = "before rotation: " + first.Observed
 		return []Row{row}
 	}
-	var gwSerials, prodSerials []string
+	var gwSerials, prodSerials, seenByProduct []string
 	var changedAt []time.Time // when each new gateway serial was first seen
 	calls, failures := 0, 0
 	var lastFailure string
 	deadline := time.Now().Add(2*m.opts.CertTTL + 10*time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil && len(gwSerials) < 3 {
+	for time.Now().Before(deadline) && ctx.Err() == nil && (len(gwSerials) < 3 || len(seenByProduct) < 3) {
 		r, err := m.Call(ctx, Call{From: Tester, Target: GatewayXDS, Method: "demo.v1.Gateway/GetProduct"})
 		calls++
 		obs, peer, ok := "", "", false
@@ -379,13 +409,28 @@ func rotation(ctx context.Context, m *Mesh) []Row {
 			ps, _ := r.Leg("product").Answer["server_cert_serial"].(string)
 			prodSerials = appendNew(prodSerials, ps)
 		}
+		fresh, err := m.Call(ctx, Call{From: Tester, Target: GatewayXDS, Method: "demo.v1.Gateway/Call",
+			RelayTarget: ProductXDS, RelayMethod: "demo.v1.Product/GetProduct", RelayFresh: true})
+		calls++
+		leg := fresh.Leg("call")
+		if err != nil || !fresh.OK || !leg.OK || leg.PeerSeenByServer != GatewayID {
+			failures++
+			if err != nil {
+				lastFailure = err.Error()
+			} else {
+				lastFailure = "gateway → product on a new connection: " + outcome(leg)
+			}
+		} else {
+			s, _ := leg.Answer["peer_cert_serial"].(string)
+			seenByProduct = appendNew(seenByProduct, s)
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
 	}
-	row.Observed = fmt.Sprintf("%d/%d calls OK; gateway cert %s; product cert %s",
-		calls-failures, calls, short(gwSerials), short(prodSerials))
+	row.Observed = fmt.Sprintf("%d/%d calls OK; gateway cert %s; product cert %s; gateway's client cert as product saw it %s",
+		calls-failures, calls, short(gwSerials), short(prodSerials), short(seenByProduct))
 	if failures > 0 {
 		row.Observed += "; last failure: " + lastFailure
 	}
@@ -402,7 +447,7 @@ func rotation(ctx context.Context, m *Mesh) []Row {
 	if tooFast {
 		row.Observed += fmt.Sprintf(" (faster than a quarter of the %s lifetime: a renewal loop, not rotation)", m.opts.CertTTL)
 	}
-	row.OK = failures == 0 && len(gwSerials) >= 3 && !tooFast
+	row.OK = failures == 0 && len(gwSerials) >= 3 && len(seenByProduct) >= 3 && !tooFast
 	return []Row{row}
 }
 

@@ -82,7 +82,9 @@ func Run(ctx context.Context, opts Options, command []string, stdio IO) (exitCod
 				continue // nothing to pass it to yet
 			}
 			cancelWait()
-			<-waited
+			if err := <-waited; err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Warn("waiting for the first certificate ended badly", "error", err)
+			}
 			a.log.Info("stopping before the workload started", "signal", s.String())
 			return 128 + int(s.(syscall.Signal)), nil
 		}

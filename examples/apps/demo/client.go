@@ -47,7 +47,10 @@ type callOptions struct {
 	xds                      bool
 	sourceIP                 string
 	relayTarget, relayMethod string
-	timeout                  time.Duration
+	// relayFresh asks the gateway to call on a new connection, so that
+	// its upstream sees the gateway's current certificate.
+	relayFresh bool
+	timeout    time.Duration
 }
 
 // dial makes a client connection. With viaXDS the security of each
@@ -116,7 +119,7 @@ func callOnce(ctx context.Context, o callOptions) result {
 	defer cancel()
 	req := map[string]any{"id": "1"}
 	if o.relayTarget != "" {
-		req = map[string]any{"target": o.relayTarget, "method": o.relayMethod, "request": map[string]any{"id": "1"}}
+		req = map[string]any{"target": o.relayTarget, "method": o.relayMethod, "fresh": o.relayFresh, "request": map[string]any{"id": "1"}}
 	}
 	s, err := structpb.NewStruct(req)
 	if err != nil {

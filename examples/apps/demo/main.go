@@ -58,6 +58,7 @@ func run() int {
 		useXDS   = flag.Bool("xds", false, "client: dial through xDS (the default when --target starts with xds:)")
 		relayTo  = flag.String("relay-target", "", "client calling demo.v1.Gateway/Call: the target the gateway calls")
 		relayM   = flag.String("relay-method", "", "client calling demo.v1.Gateway/Call: the method the gateway calls")
+		relayNew = flag.Bool("relay-fresh", false, "client calling demo.v1.Gateway/Call: the gateway calls on a new connection (a new TLS handshake)")
 		timeout  = flag.Duration("timeout", 5*time.Second, "client: deadline of the call")
 		logLevel = flag.String("log-level", "info", "debug, info, warn or error")
 	)
@@ -104,7 +105,7 @@ func run() int {
 		}
 		res := callOnce(ctx, callOptions{
 			target: *target, method: *method, xds: viaXDS, sourceIP: *ip,
-			relayTarget: *relayTo, relayMethod: *relayM, timeout: *timeout,
+			relayTarget: *relayTo, relayMethod: *relayM, relayFresh: *relayNew, timeout: *timeout,
 		})
 		printJSON(os.Stdout, res)
 		if !res.OK {

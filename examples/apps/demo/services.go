@@ -264,7 +264,19 @@ var gatewayDesc = grpc.ServiceDesc{
 				inner = &structpb.Struct{}
 			}
 			out := g.who.seen(ctx, GatewayService+"/Call")
-			out["call"] = g.call(ctx, target, method, inner)
+			if f["fresh"].GetBoolValue() {
+				// A new connection: a new handshake with the gateway's
+				// current certificate (pooled connections keep the one
+				// they were made with).
+				cc, err := dial(target, true, g.ip)
+				if err != nil {
+					return nil, status.Error(codes.Internal, err.Error())
+				}
+				defer func() { _ = cc.Close() }()
+				out["call"] = invoke(ctx, cc, method, inner).asMap()
+			} else {
+				out["call"] = g.call(ctx, target, method, inner)
+			}
 			return toStruct(out)
 		}),
 	},
