@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -45,31 +44,13 @@ func (c *testClock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type harness struct {
 	t     *testing.T
 	srv   *Server
 	reg   *prometheus.Registry
 	ca    *ca.CA
 	clock *testClock
-	logs  *syncBuffer
+	logs  *xdstest.Buffer
 	conn  *grpc.ClientConn
 	ctx   context.Context
 }
@@ -79,7 +60,7 @@ type harness struct {
 func newHarness(t *testing.T, tweak func(*Options)) *harness {
 	t.Helper()
 	clock := &testClock{now: time.Now()}
-	logs := &syncBuffer{}
+	logs := &xdstest.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	authority, err := ca.New(ca.Options{Dir: t.TempDir(), Now: clock.Now}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

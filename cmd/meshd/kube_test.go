@@ -18,6 +18,7 @@ import (
 
 	kubesource "github.com/minimesh/minimesh/discovery/kubernetes"
 	"github.com/minimesh/minimesh/e2e/kubeenv"
+	"github.com/minimesh/minimesh/xds/xdstest"
 )
 
 // writeSAKubeconfig writes a kubeconfig for env's API server that
@@ -107,7 +108,7 @@ spec:
 	kubeconfig := writeSAKubeconfig(t, env, "minimesh-system", "meshd")
 
 	mon := freeLocalAddr(t)
-	var stdout, stderr syncBuffer
+	var stdout, stderr xdstest.Buffer
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {

@@ -7,28 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/minimesh/minimesh/xds/xdstest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // logLines decodes JSON log lines.
 func logLines(t *testing.T, out string) []map[string]any {
@@ -48,7 +31,7 @@ func logLines(t *testing.T, out string) []map[string]any {
 }
 
 // waitLog polls the log until a line satisfies ok.
-func waitLog(t *testing.T, buf *syncBuffer, what string, ok func(map[string]any) bool) map[string]any {
+func waitLog(t *testing.T, buf *xdstest.Buffer, what string, ok func(map[string]any) bool) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -70,7 +53,7 @@ func TestServeLoadsAndWatches(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr xdstest.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--config-dir", dir, "--log-format", "json", "--log-level", "debug",

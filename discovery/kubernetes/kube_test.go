@@ -231,9 +231,7 @@ func serviceNames(s *model.Snapshot, ns string) []string {
 func TestSourceAgainstAPIServer(t *testing.T) {
 	env := kubeenv.Start(t)
 	ctx := ctxT(t)
-	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
-		t.Fatalf("apply the CRDs: %v", err)
-	}
+	applyCRDs(t, env)
 	admin := env.Client()
 	const ns = "shop"
 	must(admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
@@ -486,10 +484,7 @@ func waitEvent(t *testing.T, c clientset.Interface, ns, name string) corev1.Even
 // just before the outage and after it arrive, and nothing is lost.
 func TestAPIServerRestart(t *testing.T) {
 	env := kubeenv.Start(t)
-	ctx := ctxT(t)
-	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
-		t.Fatalf("apply the CRDs: %v", err)
-	}
+	applyCRDs(t, env)
 	admin := env.Client()
 	service(t, admin, "default", "stable")
 	pub := startSource(t, env.RESTConfig(), nil)
@@ -539,10 +534,7 @@ func TestPolicyKindsInstalledLater(t *testing.T) {
 	pub := startSourceWith(t, kubernetes.Options{Config: env.RESTConfig(), KindRecheck: 200 * time.Millisecond})
 	pub.waitSnapshot(t, "default/early", func(s *model.Snapshot) bool { return s.Service("default", "early") != nil })
 
-	ctx := ctxT(t)
-	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
-		t.Fatalf("apply the CRDs: %v", err)
-	}
+	applyCRDs(t, env)
 	applyPolicy(t, env, "AuthorizationPolicy", "deny-all", `{}`)
 	applyPolicy(t, env, "PeerAuthentication", "strict", `{"mtls": {"mode": "STRICT"}}`)
 	s := pub.waitSnapshot(t, "the policies of the CRDs installed later", func(s *model.Snapshot) bool {
@@ -550,5 +542,13 @@ func TestPolicyKindsInstalledLater(t *testing.T) {
 	})
 	if s.Service("default", "early") == nil {
 		t.Error("the snapshot with the new policies lost default/early")
+	}
+}
+
+// applyCRDs installs minimesh's policy CRDs in env.
+func applyCRDs(t *testing.T, env *kubeenv.Env) {
+	t.Helper()
+	if err := env.Apply(ctxT(t), kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatalf("apply the CRDs: %v", err)
 	}
 }

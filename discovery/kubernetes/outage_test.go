@@ -10,7 +10,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/minimesh/minimesh/discovery/kubernetes"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/e2e/kubeenv"
 )
@@ -108,9 +107,7 @@ func (p *cutProxy) restore() {
 func TestChangesDuringAnOutageArrive(t *testing.T) {
 	env := kubeenv.Start(t)
 	ctx := ctxT(t)
-	if err := env.Apply(ctx, kubernetes.CRDs(), kubeenv.ApplyOptions{}); err != nil {
-		t.Fatalf("apply the CRDs: %v", err)
-	}
+	applyCRDs(t, env)
 	admin := env.Client()
 	service(t, admin, "default", "stable")
 	service(t, admin, "default", "gone")

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/xdstest"
 )
 
 const (
@@ -625,7 +626,7 @@ func TestRunForwardsSignals(t *testing.T) {
 
 	ready := filepath.Join(t.TempDir(), "ready")
 	script := `trap 'echo hup' HUP; trap 'echo term; exit 9' TERM; : > "` + ready + `"; while :; do sleep 0.05; done`
-	var out syncBuffer
+	var out xdstest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		code, err := Run(context.Background(), opts, []string{"sh", "-c", script}, IO{Stdout: &out, Stderr: io.Discard})
@@ -694,22 +695,4 @@ func waitFile(t *testing.T, path string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s did not appear", path)
-}
-
-// syncBuffer is a bytes.Buffer safe for the command's writer goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
