@@ -247,11 +247,9 @@ func (a *adsService) StreamAggregatedResources(st grpc.BidiStreamingServer[disco
 	}
 	budget := a.s.budget.stream()
 	defer budget.close()
+	// requestCodec has already shared the request's names.
 	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
-		if r.GetTypeUrl() == resourcev3.EndpointType {
-			a.s.eds.intern(r.ResourceNames)
-		}
 	})
 	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate, budget, reqs})
 }

@@ -1,0 +1,214 @@
+package xds
+
+import (
+	"strings"
+	"testing"
+	"unsafe"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+)
+
+// testCodec is a requestCodec whose canonical names are canon.
+func testCodec(canon ...string) requestCodec {
+	m := map[string]string{}
+	for _, c := range canon {
+		m[c] = c
+	}
+	return newRequestCodec(newNameLists(func(b []byte) (string, bool) {
+		s, ok := m[string(b)]
+		return s, ok
+	}))
+}
+
+// decodeWith runs b through the codec as gRPC would, split into two
+// buffers so that the codec must join them.
+func decodeWith(c requestCodec, b []byte) (*discoveryv3.DiscoveryRequest, error) {
+	half := len(b) / 2
+	data := mem.BufferSlice{mem.SliceBuffer(b[:half]), mem.SliceBuffer(b[half:])}
+	req := &discoveryv3.DiscoveryRequest{}
+	return req, c.Unmarshal(data, req)
+}
+
+// interleaved is a request whose resource names are not contiguous on the
+// wire: a name, the type URL, another name, an unknown field, a third.
+func interleaved() []byte {
+	var b []byte
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, "a")
+	b = protowire.AppendTag(b, 4, protowire.BytesType)
+	b = protowire.AppendString(b, resourcev3.EndpointType)
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, "b")
+	b = protowire.AppendTag(b, 99, protowire.VarintType)
+	b = protowire.AppendVarint(b, 7)
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, "a")
+	return b
+}
+
+func TestRequestCodecDecodesAsProtoDoes(t *testing.T) {
+	mustMarshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for name, wire := range map[string][]byte{
+		"empty": nil,
+		"first request": mustMarshal(&discoveryv3.DiscoveryRequest{
+			Node:    &corev3.Node{Id: "sidecar~127.0.0.2~p.ns~ns.svc.cluster.local", Cluster: "c"},
+			TypeUrl: resourcev3.ClusterType,
+		}),
+		"ACK with names": mustMarshal(&discoveryv3.DiscoveryRequest{
+			VersionInfo: "v1", TypeUrl: resourcev3.EndpointType, ResponseNonce: "3",
+			ResourceNames: []string{"outbound|80||a.ns.svc.cluster.local", "outbound|80||b.ns.svc.cluster.local", "*"},
+		}),
+		"NACK": mustMarshal(&discoveryv3.DiscoveryRequest{
+			TypeUrl: resourcev3.EndpointType, ResponseNonce: "4", ResourceNames: []string{"x"},
+			ErrorDetail: &statuspb.Status{Code: 3, Message: "bad"},
+		}),
+		"names between other fields, an unknown field, a repeat": interleaved(),
+		"empty name": mustMarshal(&discoveryv3.DiscoveryRequest{ResourceNames: []string{""}}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			want := &discoveryv3.DiscoveryRequest{}
+			if err := proto.Unmarshal(wire, want); err != nil {
+				t.Fatal(err)
+			}
+			got, err := decodeWith(testCodec("a"), wire)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Errorf("the codec decoded differently from proto.Unmarshal (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestRequestCodecSharesLists(t *testing.T) {
+	c := testCodec("outbound|80||a.ns.svc.cluster.local")
+	encode := func(names ...string) []byte {
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	r1, err := decodeWith(c, encode("outbound|80||a.ns.svc.cluster.local", "other", "third"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := decodeWith(c, encode("outbound|80||a.ns.svc.cluster.local", "other", "third"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &r1.ResourceNames[0] != &r2.ResourceNames[0] {
+		t.Error("two requests with the same names got different slices")
+	}
+	if cap(r1.ResourceNames) != len(r1.ResourceNames) {
+		t.Error("a shared list has room to append into")
+	}
+	if unsafe.StringData(r1.ResourceNames[0]) != unsafe.StringData(c.lists.canonicalForTest("outbound|80||a.ns.svc.cluster.local")) {
+		t.Error("a known name is a copy, not the endpoint cache's string")
+	}
+	r3, err := decodeWith(c, encode("other", "outbound|80||a.ns.svc.cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &r3.ResourceNames[0] == &r1.ResourceNames[0] || r3.ResourceNames[0] != "other" {
+		t.Errorf("names in another order decoded as %v, sharing the first list", r3.ResourceNames)
+	}
+}
+
+// canonicalForTest returns the string canonical gives for s.
+func (l *nameLists) canonicalForTest(s string) string {
+	c, _ := l.canonical([]byte(s))
+	return c
+}
+
+func TestRequestCodecBoundsItsMemory(t *testing.T) {
+	c := testCodec()
+	name := strings.Repeat("n", 10)
+	names := make([]string, maxListedNames/2+1)
+	for i := range names {
+		names[i] = name
+	}
+	for i := range 3 {
+		names[0] = string(rune('a' + i))
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{ResourceNames: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := decodeWith(c, b); err != nil {
+			t.Fatal(err)
+		}
+		if c.lists.held > maxListedNames {
+			t.Fatalf("after %d lists the codec holds %d names, more than %d", i+1, c.lists.held, maxListedNames)
+		}
+	}
+}
+
+func TestRequestCodecRefusesWhatProtoRefuses(t *testing.T) {
+	badUTF8 := protowire.AppendBytes(protowire.AppendTag(nil, 3, protowire.BytesType), []byte{0xff, 'a'})
+	truncated := protowire.AppendTag(nil, 3, protowire.BytesType)
+	truncated = protowire.AppendVarint(truncated, 10)
+	truncated = append(truncated, "abc"...)
+	for name, wire := range map[string][]byte{"invalid UTF-8 in a name": badUTF8, "a truncated name": truncated} {
+		t.Run(name, func(t *testing.T) {
+			if err := proto.Unmarshal(wire, &discoveryv3.DiscoveryRequest{}); err == nil {
+				t.Fatal("proto.Unmarshal accepts it; the case is wrong")
+			}
+			if _, err := decodeWith(testCodec(), wire); err == nil {
+				t.Error("the codec accepted a request that proto.Unmarshal refuses")
+			}
+		})
+	}
+}
+
+func TestRequestCodecLeavesOtherMessagesToProto(t *testing.T) {
+	want := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a"}}
+	b, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := &discoveryv3.DeltaDiscoveryRequest{}
+	if err := testCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if testCodec().Name() != "proto" {
+		t.Errorf("the codec is named %q; clients send content-subtype proto", testCodec().Name())
+	}
+}
+
+// FuzzRequestCodec checks that the codec agrees with proto.Unmarshal on
+// any input: both refuse it, or both decode the same request.
+func FuzzRequestCodec(f *testing.F) {
+	f.Add(interleaved())
+	f.Add([]byte{})
+	ack, _ := proto.Marshal(&discoveryv3.DiscoveryRequest{VersionInfo: "v", ResourceNames: []string{"a", "b"}, ResponseNonce: "1"})
+	f.Add(ack)
+	f.Fuzz(func(t *testing.T, wire []byte) {
+		want := &discoveryv3.DiscoveryRequest{}
+		werr := proto.Unmarshal(wire, want)
+		got, gerr := decodeWith(testCodec("a"), wire)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("proto.Unmarshal: %v; codec: %v", werr, gerr)
+		}
+		if werr == nil && !proto.Equal(want, got) {
+			t.Fatalf("decoded differently:\nproto: %v\ncodec: %v", want, got)
+		}
+	})
+}
