@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -67,6 +68,17 @@ func (e *endpointCache) refreshNames() {
 		c.mu.Unlock()
 	}
 	e.names.Store(&m)
+}
+
+// canonical returns the cache's copy of the assignment name b, if it is
+// one. It does not allocate.
+func (e *endpointCache) canonical(b []byte) (string, bool) {
+	m := e.names.Load()
+	if m == nil {
+		return "", false
+	}
+	s, ok := (*m)[string(b)]
+	return s, ok
 }
 
 // intern replaces each of names that is an assignment's name by the
@@ -176,6 +188,24 @@ type assignmentCache struct {
 	heldSets  map[uint64][]map[string]string
 	deltaSets map[uint64]map[string]string
 	deltaSums map[uintptr]uint64
+	// exact remembers which request name lists name exactly the
+	// names of which returned maps (see holdsExactly).
+	exact map[exactKey]exactPair
+}
+
+// exactKey identifies a request's name list (as requestCodec shares it)
+// and a returned map of a given size. Both are kept in the exactPair, so
+// neither address can be reused while the key is remembered.
+type exactKey struct {
+	names    *string
+	n        int
+	returned unsafe.Pointer
+	size     int
+}
+
+type exactPair struct {
+	names    []string
+	returned map[string]string
 }
 
 // assignment is one published ClusterLoadAssignment, shared by every
@@ -218,7 +248,7 @@ var _ cachev3.Cache = (*assignmentCache)(nil)
 
 func newAssignmentCache(prefix string) *assignmentCache {
 	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
-		heldSets: map[uint64][]map[string]string{}, deltaSets: map[uint64]map[string]string{}, deltaSums: map[uintptr]uint64{}}
+		heldSets: map[uint64][]map[string]string{}, deltaSets: map[uint64]map[string]string{}, deltaSums: map[uintptr]uint64{}, exact: map[exactKey]exactPair{}}
 }
 
 func (c *assignmentCache) versionString(n uint64) string { return c.prefix + strconv.FormatUint(n, 10) }
@@ -351,6 +381,12 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 	subscribed := w.sub.SubscribedResources()
 	wildcard := w.sub.IsWildcard()
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
+	if !even && candidates == nil && !wildcard && since == c.version &&
+		c.holdsExactly(w.sotw.GetResourceNames(), known, len(subscribed)) {
+		// The ACK of the latest version, naming what it names: the
+		// client holds everything it subscribes to, as it is now.
+		return false
+	}
 	var changed []*assignment
 	added, heldSubscribed := false, 0
 	consider := func(n string) {
@@ -416,6 +452,36 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 		anys[i] = a.any
 	}
 	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys, returned: returned}
+	return true
+}
+
+// holdsExactly reports whether the names of a request, which subscribe to
+// subscribed distinct names, are exactly the names of returned. Every
+// state-of-the-world ACK names every cluster its sidecar uses, a thousand
+// for a sidecar that sees every service, and nearly all ACK the version
+// they were sent with the names they subscribed to already; so the answer
+// is remembered for the pair of list and map, which requestCodec and
+// internHeld share between the sidecars of a deployment. Neither changes
+// once shared, except that go-control-plane deletes names a subscription
+// drops from its returned map, which changes its size and so the key.
+// Called with mu held.
+func (c *assignmentCache) holdsExactly(names []string, returned map[string]string, subscribed int) bool {
+	if len(names) == 0 || len(returned) != subscribed {
+		return false
+	}
+	key := exactKey{&names[0], len(names), reflect.ValueOf(returned).UnsafePointer(), len(returned)}
+	if _, ok := c.exact[key]; ok {
+		return true
+	}
+	for _, n := range names {
+		if _, ok := returned[n]; !ok {
+			return false
+		}
+	}
+	if len(c.exact) >= maxHeldSets {
+		clear(c.exact)
+	}
+	c.exact[key] = exactPair{names, returned}
 	return true
 }
 

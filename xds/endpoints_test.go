@@ -363,3 +363,45 @@ func TestEndpointCacheInternsNames(t *testing.T) {
 }
 
 func unsafeData(s string) *byte { return unsafe.StringData(s) }
+
+func TestAssignmentCacheSotwAckOfSameNames(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	// requestCodec hands every request naming a and b the same list.
+	names := []string{"a", "b"}
+	r, ok := got(sotwWatch(t, c, "", names, nil))
+	if !ok {
+		t.Fatal("no first response")
+	}
+	v, held := r.GetResponseVersion(), r.GetReturnedResources()
+	for i := range 2 { // the first ACK is checked name by name, the second remembered
+		if r, ok := got(sotwWatch(t, c, v, names, held)); ok {
+			t.Fatalf("ACK %d of the current version was answered with %v", i+1, sotwNames(t, r))
+		}
+	}
+	if len(c.exact) != 1 {
+		t.Errorf("the cache remembers %d list/map pairs, want 1", len(c.exact))
+	}
+	// A change still reaches a watch opened by a remembered ACK.
+	out := sotwWatch(t, c, v, names, held)
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.22"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := got(out); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
+		t.Fatalf("the change to b: got %v, want [b]", r)
+	}
+	r, _ = got(sotwWatch(t, c, "", names, nil))
+	v, held = r.GetResponseVersion(), r.GetReturnedResources()
+	if _, ok := got(sotwWatch(t, c, v, names, held)); ok {
+		t.Fatal("an ACK of the current version was answered")
+	}
+	// go-control-plane deletes from the shared returned map the names a
+	// stream stops subscribing to. Another stream presenting the same
+	// list with the shrunken map no longer holds b, and must get it.
+	delete(held, "b")
+	if r, ok := got(sotwWatch(t, c, v, names, held)); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
+		t.Fatalf("a stream whose returned map lost b: got %v, want [b]", r)
+	}
+}
