@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -58,6 +59,8 @@ type config struct {
 	keep     bool
 	pprof    bool
 	memLimit string
+	// cpuProfile: write the harness's own CPU profile here.
+	cpuProfile string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -75,6 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.json, "json", false, "print the results as JSON instead of a table")
 	fs.StringVar(&c.memLimit, "meshd-gomemlimit", "", "run meshd with this GOMEMLIMIT (Go's soft memory limit, e.g. 400MiB), as a deployment that sets it from its memory limit does")
 	fs.BoolVar(&c.pprof, "pprof", false, "run meshd with --pprof and log its profiler URL, to profile it while the benchmark runs")
+	fs.StringVar(&c.cpuProfile, "harness-cpuprofile", "", "write the harness's own CPU profile (the simulated proxies, not meshd) to this file")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (manifests, meshd's log and CA) and print where it is")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: go run ./e2e/scale [flags]\n\n"+
@@ -120,6 +124,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "scale: %v\n", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "scale: profiling the harness: %v\n", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
 	rep, err := benchmark(ctx, cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "scale: %v\n", err)

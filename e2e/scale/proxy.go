@@ -220,16 +220,16 @@ func (p *proxy) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 		return err
 	}
 	first := true
-	send := func(req *discoveryv3.DiscoveryRequest) error {
+	send := func(req *sotwRequest) error {
 		if first {
-			req.Node, first = p.node, false
+			req.req.Node, first = p.node, false
 		}
-		return st.Send(req)
+		return st.SendMsg(req)
 	}
-	request := func(t int) *discoveryv3.DiscoveryRequest {
-		req := &discoveryv3.DiscoveryRequest{TypeUrl: typeURLs[t], VersionInfo: p.version[t], ResponseNonce: p.nonce[t]}
+	request := func(t int) *sotwRequest {
+		req := &sotwRequest{req: &discoveryv3.DiscoveryRequest{TypeUrl: typeURLs[t], VersionInfo: p.version[t], ResponseNonce: p.nonce[t]}}
 		if t >= tEDS {
-			req.ResourceNames = p.asked[t].namesOrNil()
+			req.names = p.asked[t]
 		}
 		return req
 	}
@@ -263,7 +263,7 @@ func (p *proxy) runSotw(ctx context.Context, ads discoveryv3.AggregatedDiscovery
 		}
 		p.held[t] = state
 		p.version[t], p.nonce[t] = resp.version, resp.nonce
-		var out []*discoveryv3.DiscoveryRequest
+		var out []*sotwRequest
 		if t == tCDS || t == tLDS {
 			for _, d := range []int{tEDS, tRDS, tSDS} {
 				w := p.want(d)

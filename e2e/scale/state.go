@@ -14,6 +14,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -63,6 +64,8 @@ type nameList struct {
 	names []string
 	set   map[string]struct{}
 	sig   uint64
+	// wire is names as a DiscoveryRequest's resource_names fields.
+	wire []byte
 }
 
 var seed = maphash.MakeSeed()
@@ -76,6 +79,9 @@ func newNameList(set map[string]struct{}) *nameList {
 		h.WriteByte(0)
 	}
 	l.sig = h.Sum64()
+	for _, n := range l.names {
+		l.wire = protowire.AppendString(protowire.AppendTag(l.wire, resourceNamesField, protowire.BytesType), n)
+	}
 	return l
 }
 

@@ -240,3 +240,32 @@ func TestReferencesOfRealTranslation(t *testing.T) {
 		}
 	}
 }
+
+func TestWireCodecWritesRequestsWithEncodedNames(t *testing.T) {
+	names := newNameList(map[string]struct{}{"outbound|80||b.ns.svc.cluster.local": {}, "outbound|80||a.ns.svc.cluster.local": {}})
+	for _, tc := range []struct {
+		name  string
+		names *nameList
+		want  []string
+	}{
+		{"with names", names, []string{"outbound|80||a.ns.svc.cluster.local", "outbound|80||b.ns.svc.cluster.local"}},
+		{"without", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &discoveryv3.DiscoveryRequest{TypeUrl: "t", VersionInfo: "v1", ResponseNonce: "7", Node: &corev3.Node{Id: "n"}}
+			data, err := wireCodec{}.Marshal(&sotwRequest{req: req, names: tc.names})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := &discoveryv3.DiscoveryRequest{}
+			if err := proto.Unmarshal(data.Materialize(), got); err != nil {
+				t.Fatal(err)
+			}
+			want := proto.Clone(req).(*discoveryv3.DiscoveryRequest)
+			want.ResourceNames = tc.want
+			if !proto.Equal(got, want) {
+				t.Errorf("decoded %v, want %v", got, want)
+			}
+		})
+	}
+}
