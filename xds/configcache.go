@@ -42,8 +42,9 @@ type publishedItem struct {
 // publish prepares a group snapshot for the config cache. The snapshot's
 // resources are the resource table's pre-encoded shells, whose encoding is
 // their unknown fields: the Anys share those bytes, so publishing copies
-// nothing.
-func publish(snap *cachev3.Snapshot) (*published, error) {
+// nothing, and the table keeps one publishedItem per shell for every group
+// (table may be nil).
+func publish(snap *cachev3.Snapshot, table *resourceTable) (*published, error) {
 	p := &published{snap: snap, types: map[string]*publishedType{}}
 	for _, typeURL := range configTypes {
 		items := snap.GetResourcesAndTTL(typeURL)
@@ -55,16 +56,23 @@ func publish(snap *cachev3.Snapshot) (*published, error) {
 			deltaComplete: make(map[string]string, len(items)),
 		}
 		for name, r := range items {
-			value := []byte(r.Resource.ProtoReflect().GetUnknown())
-			if len(value) == 0 {
-				var err error
-				if value, err = cachev3.MarshalResource(r.Resource); err != nil {
-					return nil, fmt.Errorf("encoding %s %q: %w", shortType(typeURL), name, err)
+			version := snap.VersionMap[typeURL][name]
+			it := table.itemFor(r.Resource, func() *publishedItem {
+				if value := r.Resource.ProtoReflect().GetUnknown(); len(value) > 0 {
+					return newPublishedItem(typeURL, name, version, value)
 				}
+				return nil
+			})
+			if it == nil || it.name != name || it.delta.GetVersion() != version || it.any.GetTypeUrl() != typeURL {
+				value := []byte(r.Resource.ProtoReflect().GetUnknown())
+				if len(value) == 0 {
+					var err error
+					if value, err = cachev3.MarshalResource(r.Resource); err != nil {
+						return nil, fmt.Errorf("encoding %s %q: %w", shortType(typeURL), name, err)
+					}
+				}
+				it = newPublishedItem(typeURL, name, version, value)
 			}
-			a := &anypb.Any{TypeUrl: typeURL, Value: value}
-			it := &publishedItem{name: name, any: a,
-				delta: &discoveryv3.Resource{Name: name, Version: snap.VersionMap[typeURL][name], Resource: a}}
 			pt.items[name] = it
 			pt.sorted = append(pt.sorted, it)
 			pt.complete[name] = pt.version
@@ -74,6 +82,11 @@ func publish(snap *cachev3.Snapshot) (*published, error) {
 		p.types[typeURL] = pt
 	}
 	return p, nil
+}
+
+func newPublishedItem(typeURL, name, version string, value []byte) *publishedItem {
+	a := &anypb.Any{TypeUrl: typeURL, Value: value}
+	return &publishedItem{name: name, any: a, delta: &discoveryv3.Resource{Name: name, Version: version, Resource: a}}
 }
 
 // configCache is the go-control-plane cache (cachev3.Cache) of listeners,

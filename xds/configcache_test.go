@@ -21,16 +21,11 @@ import (
 // same gate and table meshd uses, ready for the config cache.
 func publishedClusters(t *testing.T, table *resourceTable, names ...string) *published {
 	t.Helper()
-	r := &translate.Resources{}
-	for _, n := range names {
-		r.Clusters = append(r.Clusters, edsCluster(n, ""))
-		r.Endpoints = append(r.Endpoints, cla(n, "10.0.0.1"))
-	}
-	snap, err := groupSnapshot(r, table)
+	snap, err := groupSnapshot(edsClusters(names...), table)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := publish(snap)
+	pub, err := publish(snap, table)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +159,7 @@ func TestConfigCacheDelta(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v2, err := publish(snap)
+	v2, err := publish(snap, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,4 +175,61 @@ func TestConfigCacheDelta(t *testing.T) {
 	if diff := cmp.Diff(v2.snap.VersionMap[resourcev3.ClusterType], r.GetReturnedResources()); diff != "" {
 		t.Errorf("returned versions differ from the snapshot's (-want +got):\n%s", diff)
 	}
+}
+
+func TestPublishSharesItemsThroughTheTable(t *testing.T) {
+	table := newResourceTable()
+	table.nextGeneration()
+	g1 := publishedClusters(t, table, "a", "b")
+	g2 := publishedClusters(t, table, "b", "c")
+	b1, b2 := g1.types[resourcev3.ClusterType].items["b"], g2.types[resourcev3.ClusterType].items["b"]
+	if b1 == nil || b1 != b2 {
+		t.Fatal("two groups holding the same cluster do not share its published item")
+	}
+	// What is shared is what a group alone would have published.
+	alone, err := publish(groupSnapshotOf(t, "b"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := alone.types[resourcev3.ClusterType].items["b"]
+	if diff := cmp.Diff(want.delta, b1.delta, protocmp.Transform()); diff != "" {
+		t.Errorf("the shared item differs from one published without the table (-want +got):\n%s", diff)
+	}
+	if b1.any != b1.delta.GetResource() {
+		t.Error("the item's SOTW and delta forms do not share one Any")
+	}
+	// A full push that no longer uses b drops it, item and all.
+	table.nextGeneration()
+	publishedClusters(t, table, "a")
+	table.sweep()
+	if len(table.byShell) != len(table.entries) {
+		t.Errorf("after a sweep the table finds %d shells for %d entries", len(table.byShell), len(table.entries))
+	}
+	for _, e := range table.entries {
+		if e.item == b1 {
+			t.Error("the swept cluster's item is still held")
+		}
+	}
+}
+
+// groupSnapshotOf is the snapshot of one group holding the named EDS
+// clusters, made without a table.
+func groupSnapshotOf(t *testing.T, names ...string) *cachev3.Snapshot {
+	t.Helper()
+	snap, err := groupSnapshot(edsClusters(names...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+// edsClusters is a group's resources: an EDS cluster and its assignment
+// per name.
+func edsClusters(names ...string) *translate.Resources {
+	r := &translate.Resources{}
+	for _, n := range names {
+		r.Clusters = append(r.Clusters, edsCluster(n, ""))
+		r.Endpoints = append(r.Endpoints, cla(n, "10.0.0.1"))
+	}
+	return r
 }

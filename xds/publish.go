@@ -443,7 +443,7 @@ func (s *Server) buildGroup(m *model.Snapshot, batch *translate.Batch, b built) 
 		b.err = ce
 		return b
 	}
-	pub, err := publish(snap)
+	pub, err := publish(snap, s.resources)
 	if err != nil {
 		b.err = &configError{kind: errInvalid, err: err}
 		return b

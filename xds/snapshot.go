@@ -249,6 +249,9 @@ type resourceTable struct {
 	// is then encoded and hashed once, not once per group. Cleared after
 	// each build (forgetObjects), so it never keeps a translation alive.
 	objects map[types.Resource]*tableEntry
+	// byShell finds the entry of a shared copy (tableEntry.res), for
+	// publish to share its publishedItem too.
+	byShell map[types.Resource]*tableEntry
 }
 
 // digest is the SHA-256 of a resource's encoding, the table's key.
@@ -259,10 +262,13 @@ type tableEntry struct {
 	version string // cachev3.HashResource of its encoding, shared too
 	gen     uint64 // last push generation that used it
 	digest  digest
+	// item is the form publish gives the resource, made once and shared
+	// by every group snapshot holding it (see itemFor).
+	item *publishedItem
 }
 
 func newResourceTable() *resourceTable {
-	return &resourceTable{entries: map[digest]*tableEntry{}, objects: map[types.Resource]*tableEntry{}}
+	return &resourceTable{entries: map[digest]*tableEntry{}, objects: map[types.Resource]*tableEntry{}, byShell: map[types.Resource]*tableEntry{}}
 }
 
 // recall returns the entry of a resource object checked in this build.
@@ -312,6 +318,7 @@ func (t *resourceTable) checkDigest(typeURL string, r types.Resource, encoded []
 	if !ok { // not added by another group meanwhile
 		e = &tableEntry{res: shell, version: cachev3.HashResource(encoded), digest: d}
 		t.entries[d] = e
+		t.byShell[shell] = e
 	}
 	e.gen = t.gen
 	t.objects[r] = e
@@ -334,6 +341,26 @@ func encodedResource(r types.Resource, encoded []byte) types.Resource {
 	shell := r.ProtoReflect().New()
 	shell.SetUnknown(protoreflect.RawFields(encoded))
 	return shell.Interface()
+}
+
+// itemFor returns the published form of a shared copy of this table, made
+// by mk on first use, or nil when res is not one. A thousand outbound
+// clusters held by fifty group snapshots are then a thousand Anys, not
+// fifty thousand. With a nil table it returns nil.
+func (t *resourceTable) itemFor(res types.Resource, mk func() *publishedItem) *publishedItem {
+	if t == nil {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.byShell[res]
+	if !ok {
+		return nil
+	}
+	if e.item == nil {
+		e.item = mk() // nil again if it cannot; the caller then makes its own
+	}
+	return e.item
 }
 
 // keep marks entries as used by the current push without checking them
@@ -365,6 +392,7 @@ func (t *resourceTable) sweep() {
 	for d, e := range t.entries {
 		if e.gen != t.gen {
 			delete(t.entries, d)
+			delete(t.byShell, e.res)
 		}
 	}
 }
