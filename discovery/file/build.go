@@ -146,12 +146,9 @@ func (b *builder) add(d *document) {
 		b.errorf(o, "", "a document must be a mapping with apiVersion, kind, metadata and spec, not a list or a single value")
 		return
 	}
-	if d.memo == nil {
-		d.memo = &docMemo{}
-	}
 	if d.memo.hdr == nil {
 		d.memo.hdr = &header{}
-		_ = json.Unmarshal(d.json, d.memo.hdr) // cannot fail on a JSON object; fields are checked below
+		_ = json.Unmarshal(d.memo.json, d.memo.hdr) // cannot fail on a JSON object; fields are checked below
 	}
 	h := *d.memo.hdr
 	apiVersion, _ := h.APIVersion.(string)
@@ -261,14 +258,15 @@ func (b *builder) decodeStrict(o obj, into any, typeName string) bool {
 		copied := reflect.New(reflect.TypeOf(into).Elem())
 		copied.Elem().Set(reflect.ValueOf(into).Elem())
 		o.d.memo.decoded = copied.Interface()
-		o.d.memo.node = nil
+		o.d.memo.node, o.d.memo.json = nil, nil
+		o.d.ix.spans = nil
 		return true
 	}
 	return false
 }
 
 func (b *builder) decodeStrictOnce(o obj, into any, typeName string) bool {
-	data, ix := o.d.json, o.d.ix
+	data, ix := o.d.memo.json, o.d.ix
 	var omit map[string]bool
 	bad := false
 	for range maxTypeErrors {

@@ -30,7 +30,6 @@ type document struct {
 	line int
 	// root is the kind of the document's top node; only mappings are objects.
 	root   yaml.Kind
-	json   []byte
 	ix     *fieldIndex
 	issues []fieldIssue
 
@@ -43,10 +42,13 @@ type document struct {
 
 // docMemo is what decoding a document produced: its header, and the
 // object of a strict decode that found nothing wrong. node is the parsed
-// YAML, needed only to explain a decode that fails; it is dropped once the
-// document has decoded cleanly.
+// YAML and json the document as JSON, with the offsets of its values in
+// the field index: needed to decode it and to explain a decode that fails,
+// and dropped once the document has decoded cleanly. The field index keeps
+// the line of every field, for problems found later.
 type docMemo struct {
 	node    *yaml.Node
+	json    []byte
 	hdr     *header
 	decoded any
 	// checked: the checks that the document alone decides (a Pod's or a
@@ -79,7 +81,7 @@ func parseFile(f File) ([]document, *model.Problem) {
 		}
 		root := n.Content[0]
 		data, ix, issues := toJSON(root, nil)
-		docs = append(docs, document{file: f.Path, line: root.Line, root: root.Kind, json: data, ix: ix, issues: issues, memo: &docMemo{node: root}})
+		docs = append(docs, document{file: f.Path, line: root.Line, root: root.Kind, ix: ix, issues: issues, memo: &docMemo{node: root, json: data}})
 	}
 }
 
