@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unique"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -201,7 +202,7 @@ func (c *converter) value(n *yaml.Node, path string) {
 			if i > 0 {
 				c.buf.WriteByte(',')
 			}
-			c.value(item, path+"["+strconv.Itoa(i)+"]")
+			c.value(item, unique.Make(path+"["+strconv.Itoa(i)+"]").Value())
 		}
 		c.buf.WriteByte(']')
 	case yaml.ScalarNode:
@@ -241,8 +242,11 @@ func (c *converter) mapping(n *yaml.Node, path string) {
 		seen[key] = k.Line
 		// Index map keys in the bracket form too: validators that
 		// report map entries write "portLevelMtls[8080]".
+		// Paths are interned: thousands of documents of one kind share
+		// them, and the index outlives the parse.
+		child = unique.Make(child).Value()
 		if path != "" {
-			c.ix.lines[path+"["+key+"]"] = k.Line
+			c.ix.lines[unique.Make(path+"["+key+"]").Value()] = k.Line
 		}
 		c.ix.lines[child] = k.Line
 		if !first {
