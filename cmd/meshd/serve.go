@@ -293,7 +293,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		CA:            authority,
 		Authenticator: authn,
 		Registry:      registry,
-		Log:           log.With("component", "xds"),
+		Log:           log, // the server adds component=xds itself
 	})
 	if err != nil {
 		return fmt.Errorf("starting the xDS server: %w", err)
