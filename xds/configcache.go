@@ -25,11 +25,9 @@ type publishedType struct {
 	version string
 	items   map[string]*publishedItem
 	sorted  []*publishedItem // by name
-	// complete is the state-of-the-world returned map of a response with
-	// every resource: each name with the type's version; deltaComplete
-	// the delta one, each name with its resource version. Shared by every
-	// such response (go-control-plane's server only stores them).
-	complete      map[string]string
+	// deltaComplete is what a delta client holds after a response with
+	// every resource: each name with its resource version. Responses
+	// return copies of it (see respondConfigDelta).
 	deltaComplete map[string]string
 }
 
@@ -52,7 +50,6 @@ func publish(snap *cachev3.Snapshot, table *resourceTable) (*published, error) {
 			version:       snap.GetVersion(typeURL),
 			items:         make(map[string]*publishedItem, len(items)),
 			sorted:        make([]*publishedItem, 0, len(items)),
-			complete:      make(map[string]string, len(items)),
 			deltaComplete: make(map[string]string, len(items)),
 		}
 		for name, r := range items {
@@ -75,7 +72,6 @@ func publish(snap *cachev3.Snapshot, table *resourceTable) (*published, error) {
 			}
 			pt.items[name] = it
 			pt.sorted = append(pt.sorted, it)
-			pt.complete[name] = pt.version
 			pt.deltaComplete[name] = it.delta.GetVersion()
 		}
 		slices.SortFunc(pt.sorted, func(a, b *publishedItem) int { return strings.Compare(a.name, b.name) })
@@ -251,20 +247,30 @@ func (c *configCache) respond(n *configNode, w *configWatch, onCreate bool) bool
 // snapshot is only compared by version: it comes from a proxy that
 // resumed after a reconnect or a meshd restart, which holds that version
 // of everything it subscribes to.
+//
+// A response to a wildcard watch holds every resource, so its returned map
+// would be the group's, shared by every proxy; go-control-plane writes to a
+// stream's returned map when its client changes to naming resources, so
+// those responses return none instead (nil), which says the client holds
+// all of that version. Responses naming resources return a map of their
+// own.
 func respondConfigSotw(pt *publishedType, w *configWatch, onCreate bool) bool {
 	known := w.sub.ReturnedResources()
 	subscribed := w.sub.SubscribedResources()
 	wildcard := w.sub.IsWildcard()
 	if w.sotw.GetVersionInfo() == pt.version && onCreate {
 		missing := false
-		if wildcard {
+		switch {
+		case wildcard && known == nil:
+			// Holds every resource of this version.
+		case wildcard:
 			for name := range pt.items {
 				if _, ok := known[name]; !ok {
 					missing = true
 					break
 				}
 			}
-		} else {
+		default:
 			for name := range subscribed {
 				_, have := pt.items[name]
 				if _, ok := known[name]; have && !ok {
@@ -286,7 +292,6 @@ func respondConfigSotw(pt *publishedType, w *configWatch, onCreate bool) bool {
 		for i, it := range pt.sorted {
 			anys[i] = it.any
 		}
-		returned = pt.complete
 	} else {
 		returned = make(map[string]string, len(subscribed))
 		for _, it := range pt.sorted {
@@ -342,8 +347,9 @@ func respondConfigDelta(pt *publishedType, w *configWatch) bool {
 	var returned map[string]string
 	if wildcard {
 		// After this response a wildcard client holds exactly every
-		// resource at its version.
-		returned = pt.deltaComplete
+		// resource at its version. The map is the stream's own:
+		// go-control-plane writes to it when the client unsubscribes.
+		returned = maps.Clone(pt.deltaComplete)
 	} else {
 		returned = maps.Clone(known)
 		if returned == nil {

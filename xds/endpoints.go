@@ -126,13 +126,37 @@ func (e *endpointCache) holds(acked, required string) bool {
 	return ok1 && ok2 && a >= r
 }
 
+// parseVersion returns the cache version of v, a version of this process
+// (prefix): "<prefix><cache version>", with ".<held set>" after it in
+// state of the world (see respondSotw).
 func parseVersion(prefix, v string) (uint64, bool) {
 	rest, found := strings.CutPrefix(v, prefix)
 	if !found {
 		return 0, false
 	}
+	rest, _, _ = strings.Cut(rest, ".")
 	n, err := strconv.ParseUint(rest, 10, 64)
 	return n, err == nil
+}
+
+// heldSet returns the assignments a state-of-the-world client holds that
+// last accepted (or rejected, see guardNack) version v, or nil when v
+// does not say (a version of another process, or a set forgotten since).
+// Called with mu held.
+func (c *assignmentCache) heldSet(v string) map[string]string {
+	rest, found := strings.CutPrefix(v, c.prefix)
+	if !found {
+		return nil
+	}
+	_, id, found := strings.Cut(rest, ".")
+	if !found {
+		return nil
+	}
+	n, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		return nil
+	}
+	return c.heldByID[n]
 }
 
 // assignmentCache is the go-control-plane cache (cachev3.Cache) of one
@@ -181,13 +205,14 @@ type assignmentCache struct {
 	history []edsChange
 	watches map[uint64]*edsWatch
 	nextID  uint64
-	// heldSets interns the state-of-the-world returned maps (see
-	// respondSotw) by the hash of their names; deltaSets the delta ones
-	// by the hash of their content, and deltaSums is that hash by map
-	// (see deltaReturned).
-	heldSets  map[uint64][]map[string]string
-	deltaSets map[uint64]map[string]string
-	deltaSums map[uintptr]uint64
+	// heldSets interns the sets of assignments state-of-the-world
+	// clients hold (see respondSotw) by the hash of their names; each
+	// has a number, heldByID finds a set by its number and heldID the
+	// number of a set.
+	heldSets map[uint64][]map[string]string
+	heldByID map[uint64]map[string]string
+	heldID   map[unsafe.Pointer]uint64
+	nextHeld uint64
 	// exact remembers which request name lists name exactly the
 	// names of which returned maps (see holdsExactly).
 	exact map[exactKey]exactPair
@@ -223,6 +248,7 @@ type edsChange struct {
 	version uint64
 	at      time.Time // zero when not caused by a model change
 	names   map[string]bool
+	removed []string
 }
 
 // edsHistory bounds the change history per flavour. A proxy ACKs within
@@ -248,7 +274,8 @@ var _ cachev3.Cache = (*assignmentCache)(nil)
 
 func newAssignmentCache(prefix string) *assignmentCache {
 	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
-		heldSets: map[uint64][]map[string]string{}, deltaSets: map[uint64]map[string]string{}, deltaSums: map[uintptr]uint64{}, exact: map[exactKey]exactPair{}}
+		heldSets: map[uint64][]map[string]string{}, heldByID: map[uint64]map[string]string{}, heldID: map[unsafe.Pointer]uint64{},
+		exact: map[exactKey]exactPair{}}
 }
 
 func (c *assignmentCache) versionString(n uint64) string { return c.prefix + strconv.FormatUint(n, 10) }
@@ -324,7 +351,7 @@ func (c *assignmentCache) remove(names []string) {
 	}
 	if len(del) > 0 {
 		c.version++
-		c.record(edsChange{version: c.version})
+		c.record(edsChange{version: c.version, removed: del})
 		c.notify(del)
 	}
 }
@@ -367,17 +394,24 @@ func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) b
 }
 
 // respondSotw answers a state-of-the-world watch. Its request's version is
-// the cache version of the last response the client accepted (or, after a
-// NACK, rejected; see guardNack), so an assignment it holds is stale
-// exactly when it changed after that version: every later change either
-// reached the watch or happened after the response. The returned map
-// therefore only needs to say which assignments the client holds. It stays
-// the same map, shared with the subscription, as long as that set does not
-// change, so a change to one assignment costs no copy of every name a
-// sidecar subscribes to; and equal sets are one map, so the thousand
-// sidecars of fifty deployments hold fifty of them, not a thousand.
+// the version of the last response the client accepted (or, after a NACK,
+// rejected; see guardNack): "<prefix><cache version>.<held set>". An
+// assignment the client holds is stale exactly when it changed after that
+// cache version: every later change either reached the watch or happened
+// after the response. The held set says which assignments it holds: sets
+// are interned and numbered, so the thousand sidecars of fifty deployments
+// share fifty, a change to one assignment copies none, and the set travels
+// with the client's version instead of living in go-control-plane's
+// per-stream returned map.
+//
+// That map is not used (responses return none): go-control-plane writes to
+// it when a client drops names, which it may only do to a map of its own
+// stream, and a thousand private copies of a thousand names is 70 MB. The
+// same bookkeeping is done here: a request that drops names it holds is
+// answered, with no resources if need be, so that its version says the
+// client no longer holds them and a later subscription sends them again.
 func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even bool) bool {
-	known := w.sub.ReturnedResources()
+	known := c.heldSet(w.sotw.GetVersionInfo())
 	subscribed := w.sub.SubscribedResources()
 	wildcard := w.sub.IsWildcard()
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
@@ -426,13 +460,13 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 			consider(n)
 		}
 	}
-	if !even && len(changed) == 0 {
-		return false
-	}
-	returned := known
 	// Names no longer subscribed are forgotten, so that a later
 	// subscription sends them again.
 	dropUnsubscribed := candidates == nil && !wildcard && heldSubscribed < len(known)
+	if !even && len(changed) == 0 && !dropUnsubscribed {
+		return false
+	}
+	returned := known
 	if added || dropUnsubscribed || returned == nil {
 		returned = make(map[string]string, len(known)+len(changed))
 		for n := range known {
@@ -445,13 +479,13 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 		}
 		returned = c.internHeld(returned)
 	}
-	version := c.versionString(c.version)
+	version := c.versionString(c.version) + "." + strconv.FormatUint(c.heldID[mapPointer(returned)], 10)
 	anys := make([]*anypb.Any, len(changed))
 	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
 	for i, a := range changed {
 		anys[i] = a.any
 	}
-	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys, returned: returned}
+	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys}
 	return true
 }
 
@@ -462,14 +496,13 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 // they were sent with the names they subscribed to already; so the answer
 // is remembered for the pair of list and map, which requestCodec and
 // internHeld share between the sidecars of a deployment. Neither changes
-// once shared, except that go-control-plane deletes names a subscription
-// drops from its returned map, which changes its size and so the key.
+// once shared.
 // Called with mu held.
 func (c *assignmentCache) holdsExactly(names []string, returned map[string]string, subscribed int) bool {
 	if len(names) == 0 || len(returned) != subscribed {
 		return false
 	}
-	key := exactKey{&names[0], len(names), reflect.ValueOf(returned).UnsafePointer(), len(returned)}
+	key := exactKey{&names[0], len(names), mapPointer(returned), len(returned)}
 	if _, ok := c.exact[key]; ok {
 		return true
 	}
@@ -504,7 +537,8 @@ const held = "held"
 const maxHeldSets = 4096
 
 // internHeld returns the interned map with the same names as m, or m,
-// which it interns. Called with mu held.
+// which it interns and numbers (heldID). Interned maps are never
+// modified. Called with mu held.
 func (c *assignmentCache) internHeld(m map[string]string) map[string]string {
 	var sum uint64
 	for n := range m {
@@ -517,11 +551,22 @@ func (c *assignmentCache) internHeld(m map[string]string) map[string]string {
 		}
 	}
 	if len(c.heldSets) >= maxHeldSets {
+		// Clients holding a forgotten set are sent what they
+		// subscribe to again, once.
 		clear(c.heldSets)
+		clear(c.heldByID)
+		clear(c.heldID)
+		clear(c.exact)
 	}
 	c.heldSets[sum] = append(c.heldSets[sum], m)
+	c.nextHeld++
+	c.heldByID[c.nextHeld] = m
+	c.heldID[mapPointer(m)] = c.nextHeld
 	return m
 }
+
+// mapPointer identifies a map.
+func mapPointer(m map[string]string) unsafe.Pointer { return reflect.ValueOf(m).UnsafePointer() }
 
 var nameSeed = maphash.MakeSeed()
 
@@ -537,66 +582,62 @@ func sameNames(a, b map[string]string) bool {
 	return true
 }
 
-// deltaReturned is known with changed set to their versions and removed
-// deleted: the versions a delta client holds after the response. Proxies
-// of one group hold the same versions and receive the same changes, so
-// the result is interned by a hash of its content that is updated from
-// known's in proportion to the change: the first proxy of a group builds
-// the map, the others share it, and a change to one assignment does not
-// copy a thousand entries per proxy. Called with mu held.
-func (c *assignmentCache) deltaReturned(known map[string]string, changed []*assignment, removed []string) map[string]string {
-	sum, ok := c.deltaSums[mapID(known)]
-	if !ok {
-		for n, v := range known {
-			sum += entryHash(n, v)
+// deltaSynced is the entry of a delta stream's returned map that says up
+// to which cache version the map is complete: every change since is in the
+// history, so a request (an ACK, mostly) need only look at the names those
+// changes touched and the names it subscribes or unsubscribes, not at the
+// thousand names a sidecar holds. The entry is not a resource name a client
+// can hold (it starts with a NUL); if a client unsubscribes it anyway, the
+// next request looks at everything.
+const deltaSynced = "\x00minimesh:synced"
+
+// dueSince returns the names a delta request must be compared on, or nil
+// when the stream's map does not say since when it is complete or the
+// history no longer reaches back that far (then everything is compared).
+// The result is not nil otherwise, even when empty. Called with mu held.
+func (c *assignmentCache) dueSince(known map[string]string, req *cachev3.DeltaRequest) []string {
+	since, err := strconv.ParseUint(known[deltaSynced], 10, 64)
+	if err != nil || len(c.history) == 0 || c.history[0].version > since+1 {
+		return nil
+	}
+	due := make([]string, 0, len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()))
+	due = append(due, req.GetResourceNamesSubscribe()...)
+	due = append(due, req.GetResourceNamesUnsubscribe()...)
+	for _, ch := range c.history {
+		if ch.version <= since {
+			continue
 		}
-	}
-	size := len(known)
-	for _, a := range changed {
-		if v, ok := known[a.name]; ok {
-			sum -= entryHash(a.name, v)
-		} else {
-			size++
+		for n := range ch.names {
+			due = append(due, n)
 		}
-		sum += entryHash(a.name, a.hash)
+		due = append(due, ch.removed...)
 	}
-	for _, n := range removed {
-		sum -= entryHash(n, known[n])
-		size--
-	}
-	if m, ok := c.deltaSets[sum]; ok && len(m) == size {
-		return m
-	}
-	m := maps.Clone(known)
-	if m == nil {
-		m = map[string]string{}
-	}
-	for _, a := range changed {
-		m[a.name] = a.hash
-	}
-	for _, n := range removed {
-		delete(m, n)
-	}
-	if len(c.deltaSets) >= maxHeldSets {
-		clear(c.deltaSets)
-		clear(c.deltaSums)
-	}
-	c.deltaSets[sum] = m
-	c.deltaSums[mapID(m)] = sum
-	return m
+	slices.Sort(due) // a name may be in several changes; it is sent once
+	return slices.Compact(due)
 }
 
-// mapID identifies a map by its address. It is only used for maps the
-// cache interns, which stay alive while their address is recorded.
-func mapID(m map[string]string) uintptr { return uintptr(reflect.ValueOf(m).UnsafePointer()) }
-
-func entryHash(name, version string) uint64 {
-	var h maphash.Hash
-	h.SetSeed(nameSeed)
-	h.WriteString(name)
-	h.WriteByte(0)
-	h.WriteString(version)
-	return h.Sum64()
+// deltaReturned is known with changed set to their versions and removed
+// deleted: the versions a delta client holds after the response. known is
+// the stream's own map, which go-control-plane's delta server made from the
+// first request or took from this cache's previous response to the stream,
+// and it is updated in place rather than copied: a thousand sidecars
+// would otherwise copy a thousand entries each per endpoint change. That
+// is safe because the delta server sends every response a watch is
+// answered with (none is dropped), reads and writes the map only in the
+// stream's goroutine after cancelling the watch (which takes mu, held
+// here), and answers a watch at most once. The map must never be another
+// stream's: go-control-plane writes to it when the client unsubscribes.
+func deltaReturned(known map[string]string, changed []*assignment, removed []string) map[string]string {
+	if known == nil {
+		known = make(map[string]string, len(changed))
+	}
+	for _, a := range changed {
+		known[a.name] = a.hash
+	}
+	for _, n := range removed {
+		delete(known, n)
+	}
+	return known
 }
 
 // respondDelta answers a delta watch. Delta clients name the version of
@@ -606,6 +647,9 @@ func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bo
 	known := w.sub.ReturnedResources()
 	subscribed := w.sub.SubscribedResources()
 	wildcard := w.sub.IsWildcard()
+	if candidates == nil && !even {
+		candidates = c.dueSince(known, w.delta)
+	}
 	var changed []*assignment
 	var removed []string
 	consider := func(n string) {
@@ -628,7 +672,7 @@ func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bo
 			consider(n)
 		}
 		for n := range known {
-			if _, ok := c.items[n]; !ok {
+			if _, ok := c.items[n]; !ok && n != deltaSynced {
 				consider(n)
 			}
 		}
@@ -638,9 +682,13 @@ func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bo
 		}
 	}
 	if !even && len(changed) == 0 && len(removed) == 0 {
+		if known != nil {
+			known[deltaSynced] = strconv.FormatUint(c.version, 10)
+		}
 		return false
 	}
-	returned := c.deltaReturned(known, changed, removed)
+	returned := deltaReturned(known, changed, removed)
+	returned[deltaSynced] = strconv.FormatUint(c.version, 10)
 	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
 	res := make([]*discoveryv3.Resource, len(changed))
 	for i, a := range changed {

@@ -1,8 +1,8 @@
 package xds
 
 import (
+	"fmt"
 	"maps"
-	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -150,8 +150,8 @@ func TestAssignmentCacheSotwSendsOnlyChangedAssignments(t *testing.T) {
 	if names := sotwNames(t, r); !slices.Equal(names, []string{"b"}) {
 		t.Errorf("the change carries %v, want only [b]", names)
 	}
-	if reflect.ValueOf(r.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(held).UnsafePointer() {
-		t.Error("a change to a held assignment copied the returned map")
+	if mapPointer(c.heldSet(r.GetResponseVersion())) != mapPointer(c.heldSet(v1)) {
+		t.Error("a change to a held assignment made a new held set")
 	}
 
 	// NACKed: guardNack presents the rejected version; nothing is re-sent.
@@ -171,7 +171,7 @@ func TestAssignmentCacheSotwSendsOnlyChangedAssignments(t *testing.T) {
 	}
 }
 
-func TestAssignmentCacheSotwProxiesShareReturnedMaps(t *testing.T) {
+func TestAssignmentCacheSotwProxiesShareHeldSets(t *testing.T) {
 	c := newAssignmentCache("p-")
 	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
 		t.Fatal(err)
@@ -181,11 +181,16 @@ func TestAssignmentCacheSotwProxiesShareReturnedMaps(t *testing.T) {
 	if r1 == nil || r2 == nil {
 		t.Fatal("no responses")
 	}
-	if reflect.ValueOf(r1.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(r2.GetReturnedResources()).UnsafePointer() {
-		t.Error("two proxies holding the same assignments do not share one returned map")
+	if r1.GetResponseVersion() != r2.GetResponseVersion() {
+		t.Errorf("two proxies holding the same assignments were sent versions %q and %q", r1.GetResponseVersion(), r2.GetResponseVersion())
 	}
-	if !slices.Equal(slices.Sorted(maps.Keys(r1.GetReturnedResources())), []string{"a", "b"}) {
-		t.Errorf("returned map %v, want a and b", r1.GetReturnedResources())
+	if held := c.heldSet(r1.GetResponseVersion()); !slices.Equal(slices.Sorted(maps.Keys(held)), []string{"a", "b"}) {
+		t.Errorf("the version's held set is %v, want a and b", held)
+	}
+	// go-control-plane writes to a stream's returned map; none is
+	// handed to it, so no stream can change what another holds.
+	if r1.GetReturnedResources() != nil || r2.GetReturnedResources() != nil {
+		t.Error("a state-of-the-world response returned a map")
 	}
 }
 
@@ -228,10 +233,11 @@ func TestAssignmentCacheDelta(t *testing.T) {
 		t.Fatalf("first delta response %v, want [a b]", up)
 	}
 	held := r.GetReturnedResources()
-	// A second proxy in the same state shares the returned map.
+	// A second proxy in the same state has a map of its own:
+	// go-control-plane writes to it when the proxy unsubscribes.
 	r2, _ := got(deltaWatch(t, c, []string{"a", "b"}, nil))
-	if reflect.ValueOf(r2.GetReturnedResources()).UnsafePointer() != reflect.ValueOf(held).UnsafePointer() {
-		t.Error("two delta proxies holding the same versions do not share one returned map")
+	if mapPointer(r2.GetReturnedResources()) == mapPointer(held) {
+		t.Error("two delta streams were handed one returned map")
 	}
 
 	sub := streamv3.NewDeltaSubscription([]string{"a", "b"}, nil, nil, false)
@@ -393,15 +399,89 @@ func TestAssignmentCacheSotwAckOfSameNames(t *testing.T) {
 		t.Fatalf("the change to b: got %v, want [b]", r)
 	}
 	r, _ = got(sotwWatch(t, c, "", names, nil))
-	v, held = r.GetResponseVersion(), r.GetReturnedResources()
-	if _, ok := got(sotwWatch(t, c, v, names, held)); ok {
+	v = r.GetResponseVersion()
+	if _, ok := got(sotwWatch(t, c, v, names, nil)); ok {
 		t.Fatal("an ACK of the current version was answered")
 	}
-	// go-control-plane deletes from the shared returned map the names a
-	// stream stops subscribing to. Another stream presenting the same
-	// list with the shrunken map no longer holds b, and must get it.
-	delete(held, "b")
-	if r, ok := got(sotwWatch(t, c, v, names, held)); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
-		t.Fatalf("a stream whose returned map lost b: got %v, want [b]", r)
+	// A stream that drops b (its cluster went) is answered, with
+	// nothing, so that its version says it no longer holds b...
+	r, ok = got(sotwWatch(t, c, v, []string{"a"}, nil))
+	if !ok || len(sotwNames(t, r)) != 0 {
+		t.Fatalf("dropping b: got %v (%v), want an empty response", r, ok)
+	}
+	if held := c.heldSet(r.GetResponseVersion()); !slices.Equal(slices.Sorted(maps.Keys(held)), []string{"a"}) {
+		t.Fatalf("after dropping b the stream holds %v, want [a]", held)
+	}
+	// ...and subscribing to b again sends it again.
+	if r, ok := got(sotwWatch(t, c, r.GetResponseVersion(), names, nil)); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
+		t.Fatalf("subscribing to b again: got %v, want [b]", r)
+	}
+	// Another stream still at v, naming a and b, is not affected.
+	if _, ok := got(sotwWatch(t, c, v, names, nil)); ok {
+		t.Fatal("another stream's drop changed what this one holds")
+	}
+}
+
+// deltaAck opens a delta watch as go-control-plane does for a request of a
+// stream that was last sent held, subscribing to subscribe more names.
+func deltaAck(t *testing.T, c *assignmentCache, names []string, held map[string]string, subscribe ...string) chan cachev3.DeltaResponse {
+	t.Helper()
+	sub := streamv3.NewDeltaSubscription(names, nil, nil, false)
+	sub.SetReturnedResources(held)
+	sub.UpdateResourceSubscriptions(subscribe, nil)
+	out := make(chan cachev3.DeltaResponse, 1)
+	req := &cachev3.DeltaRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "1", ResourceNamesSubscribe: subscribe}
+	if _, err := c.CreateDeltaWatch(req, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestAssignmentCacheDeltaLooksOnlyAtChangesSinceItsLastResponse(t *testing.T) {
+	c := newAssignmentCache("p-")
+	all := map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}
+	set := func(name, ip string) {
+		t.Helper()
+		all[name] = ip
+		if _, err := c.update(checkedCLAs(t, all), time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("a", "10.0.0.1")
+	r, ok := got(deltaWatch(t, c, []string{"a", "b"}, nil))
+	if !ok {
+		t.Fatal("no first response")
+	}
+	held := r.GetReturnedResources()
+	if held[deltaSynced] == "" {
+		t.Fatal("the returned map does not say up to which version it is complete")
+	}
+	// Changed while the stream had no watch open: its ACK finds b in
+	// the history.
+	set("b", "10.0.0.22")
+	r, ok = got(deltaAck(t, c, []string{"a", "b"}, held))
+	if up, _ := deltaNames(r); !ok || !slices.Equal(up, []string{"b"}) {
+		t.Fatalf("the ACK after a change to b: got %v, want [b]", up)
+	}
+	held = r.GetReturnedResources()
+	// A request subscribing to c gets c, though c did not change.
+	r, ok = got(deltaAck(t, c, []string{"a", "b"}, held, "c"))
+	if up, _ := deltaNames(r); !ok || !slices.Equal(up, []string{"c"}) {
+		t.Fatalf("subscribing to c: got %v, want [c]", up)
+	}
+	held = r.GetReturnedResources()
+	// More changes than the history keeps, the first of them to a: the
+	// history no longer reaches back, so everything is compared.
+	set("a", "10.0.0.11")
+	for i := range edsHistory + 2 {
+		set("c", fmt.Sprintf("10.0.1.%d", i))
+	}
+	r, ok = got(deltaAck(t, c, []string{"a", "b", "c"}, held))
+	if up, _ := deltaNames(r); !ok || !slices.Equal(up, []string{"a", "c"}) {
+		t.Fatalf("after the history ran out: got %v, want [a c]", up)
+	}
+	// Nothing changed since: an ACK is not answered.
+	if r, ok := got(deltaAck(t, c, []string{"a", "b", "c"}, r.GetReturnedResources())); ok {
+		t.Fatalf("an ACK with nothing due was answered with %v", r)
 	}
 }
