@@ -56,6 +56,18 @@ netns-tools: ## Install iproute2 (the Kubernetes e2e puts its workloads in netwo
 		else echo "iproute2 is missing and cannot be installed here: TestKubernetes will be reported SKIPPED"; fi; \
 	fi
 
+.PHONY: race-tools
+race-tools: ## Install a C compiler (Go's race detector needs cgo) when missing and root.
+	@if ! command -v gcc >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && apt-get install -y -qq gcc libc6-dev; \
+		else echo "gcc is missing and cannot be installed here: the race-detector run cannot start"; exit 1; fi; \
+	fi
+
+.PHONY: race
+race: race-tools ## The xDS server's tests under the race detector (its caches are shared by every stream).
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./xds/...
+
 .PHONY: unit
 unit: ## Unit and golden tests only (no e2e).
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
@@ -65,7 +77,7 @@ e2e: build kube-bins netns-tools ## End-to-end tests (real meshd, real gRPC-Go x
 	$(GO) test -count=1 -v ./e2e/...
 
 .PHONY: test
-test: fmt-check vet lint kube-bins netns-tools ## Everything CI runs: gofmt, vet, lint, unit, golden and e2e tests.
+test: fmt-check vet lint kube-bins netns-tools race ## Everything CI runs: gofmt, vet, lint, the race run, unit, golden and e2e tests.
 	@# e2e/testreport prints each package, every failure in full, and every
 	@# SKIPPED test with its reason (the real-Envoy test skips without an
 	@# envoy binary on PATH; a skip is never a pass).
