@@ -147,17 +147,13 @@ func (b *builder) add(d *document) {
 		return
 	}
 	if d.memo.hdr == nil {
-		d.memo.hdr = &header{}
-		_ = json.Unmarshal(d.memo.json, d.memo.hdr) // cannot fail on a JSON object; fields are checked below
+		var h header
+		_ = json.Unmarshal(d.memo.json, &h) // cannot fail on a JSON object; fields are checked below
+		d.memo.hdr = h.identity()
 	}
-	h := *d.memo.hdr
-	apiVersion, _ := h.APIVersion.(string)
-	kind, _ := h.Kind.(string)
-	o.kind = kind
-	if md, ok := h.Metadata.(map[string]any); ok {
-		o.name, _ = md["name"].(string)
-		o.ns, _ = md["namespace"].(string)
-	}
+	id := *d.memo.hdr
+	apiVersion, kind := id.apiVersion, id.kind
+	o.kind, o.name, o.ns = kind, id.name, id.namespace
 	clusterScoped := apiVersion == "v1" && kind == "Namespace"
 	if o.ns == "" && !clusterScoped {
 		o.ns = b.opts.defaultNamespace()
@@ -175,7 +171,7 @@ func (b *builder) add(d *document) {
 		return
 	}
 	switch {
-	case h.APIVersion == nil || h.Kind == nil:
+	case id.missing:
 		b.errorf(o, "", "every document needs apiVersion and kind (for example apiVersion: v1, kind: Service)")
 		return
 	case apiVersion == "" || kind == "":
@@ -200,6 +196,24 @@ func (b *builder) add(d *document) {
 	default:
 		b.errorf(o, "kind", "%s %s is not supported; minimesh reads %s", apiVersion, kind, supportedKinds)
 	}
+}
+
+// identity is what a document's header says of it, kept for every reload
+// (the decoded header holds all of its metadata).
+type identity struct {
+	apiVersion, kind, name, namespace string // "" when absent or not a string
+	missing                           bool   // no apiVersion or no kind
+}
+
+func (h header) identity() *identity {
+	id := &identity{missing: h.APIVersion == nil || h.Kind == nil}
+	id.apiVersion, _ = h.APIVersion.(string)
+	id.kind, _ = h.Kind.(string)
+	if md, ok := h.Metadata.(map[string]any); ok {
+		id.name, _ = md["name"].(string)
+		id.namespace, _ = md["namespace"].(string)
+	}
+	return id
 }
 
 // checkIdentity validates metadata.name and metadata.namespace, which every

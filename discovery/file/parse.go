@@ -49,7 +49,7 @@ type document struct {
 type docMemo struct {
 	node    *yaml.Node
 	json    []byte
-	hdr     *header
+	hdr     *identity
 	decoded any
 	// checked: the checks that the document alone decides (a Pod's or a
 	// Service's fields) found nothing wrong.
