@@ -31,6 +31,14 @@ type publishedType struct {
 	deltaComplete map[string]string
 }
 
+// typeOf returns p's resources of a type, nil when p is nil or has none.
+func (p *published) typeOf(typeURL string) *publishedType {
+	if p == nil {
+		return nil
+	}
+	return p.types[typeURL]
+}
+
 type publishedItem struct {
 	name  string
 	any   *anypb.Any
@@ -50,7 +58,7 @@ func publish(snap *cachev3.Snapshot, table *resourceTable) (*published, error) {
 			version:       snap.GetVersion(typeURL),
 			items:         make(map[string]*publishedItem, len(items)),
 			sorted:        make([]*publishedItem, 0, len(items)),
-			deltaComplete: make(map[string]string, len(items)),
+			deltaComplete: snap.VersionMap[typeURL],
 		}
 		for name, r := range items {
 			version := snap.VersionMap[typeURL][name]
@@ -72,7 +80,6 @@ func publish(snap *cachev3.Snapshot, table *resourceTable) (*published, error) {
 			}
 			pt.items[name] = it
 			pt.sorted = append(pt.sorted, it)
-			pt.deltaComplete[name] = it.delta.GetVersion()
 		}
 		slices.SortFunc(pt.sorted, func(a, b *publishedItem) int { return strings.Compare(a.name, b.name) })
 		p.types[typeURL] = pt

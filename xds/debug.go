@@ -349,7 +349,7 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("no proxy with node ID %q is connected; /debug/syncz lists the connected proxies", nodeID)
 	}
-	cfg, sec := n.configSnap, n.secretSnap
+	cfg, cfgPub, sec := n.configSnap, n.configPub, n.secretSnap
 	if !n.secretsSet {
 		sec = nil
 	}
@@ -383,6 +383,15 @@ func (s *Server) ConfigDump(nodeID string) (*adminv3.ConfigDump, error) {
 		}
 	}
 	each := func(snap *cachev3.Snapshot, typeURL string, f func(name string, a *anypb.Any) error) error {
+		if pt := cfgPub.typeOf(typeURL); snap == cfg && pt != nil {
+			// Listeners, routes and clusters: their shared encoded form.
+			for _, it := range pt.sorted {
+				if err := f(it.name, it.any); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
 		var items map[string]types.ResourceWithTTL
 		switch {
 		case typeURL == resourcev3.EndpointType:

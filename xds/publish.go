@@ -244,7 +244,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		n.workload = t.workload.Namespace + "/" + t.workload.Name
 		n.group = t.key
 		if g := s.groups[t.key]; g != nil && g.snap != nil && n.configSnap != g.snap {
-			n.configSnap = g.snap
+			n.configSnap, n.configPub = g.snap, g.pub
 			sets = append(sets, setPub{n.id, g.pub})
 		}
 		if s.opts.CA == nil || !n.wantsSecrets {
@@ -447,6 +447,10 @@ func (s *Server) buildGroup(m *model.Snapshot, batch *translate.Batch, b built) 
 	if err != nil {
 		b.err = &configError{kind: errInvalid, err: err}
 		return b
+	}
+	// The snapshot keeps its versions; its resources are in pub.
+	for i := range snap.Resources {
+		snap.Resources[i].Items = nil
 	}
 	b.snap, b.pub = snap, pub
 	return b

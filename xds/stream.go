@@ -84,7 +84,8 @@ type nodeState struct {
 	workload   string // namespace/name, empty while waiting
 	waiting    bool   // the pod is not (or no longer) known
 	group      string
-	configSnap *cachev3.Snapshot // what the config cache holds for this node
+	configSnap *cachev3.Snapshot // the versions of what the config cache holds for this node
+	configPub  *published        // and its resources
 	secretSnap *cachev3.Snapshot // its secrets; in the secrets cache when secretsSet
 	secretsSet bool
 	cert       *ca.Certificate // without its key once published
@@ -849,7 +850,7 @@ func (s *Server) forget(n *nodeState) {
 		s.mu.Unlock()
 		return // reconnected meanwhile; its new stream uses the entries
 	}
-	n.published, n.configSnap, n.secretsSet = false, nil, false
+	n.published, n.configSnap, n.configPub, n.secretsSet = false, nil, nil, false
 	n.workload, n.group = "", ""
 	if n.cert == nil {
 		delete(s.nodes, n.id)
