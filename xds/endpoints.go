@@ -214,12 +214,12 @@ type assignmentCache struct {
 	heldID   map[unsafe.Pointer]uint64
 	nextHeld uint64
 	// exact remembers which request name lists name exactly the
-	// names of which returned maps (see holdsExactly).
+	// names of which held sets (see holdsExactly).
 	exact map[exactKey]exactPair
 }
 
 // exactKey identifies a request's name list (as requestCodec shares it)
-// and a returned map of a given size. Both are kept in the exactPair, so
+// and a held set of a given size. Both are kept in the exactPair, so
 // neither address can be reused while the key is remembered.
 type exactKey struct {
 	names    *string
@@ -490,31 +490,31 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 }
 
 // holdsExactly reports whether the names of a request, which subscribe to
-// subscribed distinct names, are exactly the names of returned. Every
+// subscribed distinct names, are exactly the names of held. Every
 // state-of-the-world ACK names every cluster its sidecar uses, a thousand
 // for a sidecar that sees every service, and nearly all ACK the version
 // they were sent with the names they subscribed to already; so the answer
-// is remembered for the pair of list and map, which requestCodec and
+// is remembered for the pair of list and set, which requestCodec and
 // internHeld share between the sidecars of a deployment. Neither changes
 // once shared.
 // Called with mu held.
-func (c *assignmentCache) holdsExactly(names []string, returned map[string]string, subscribed int) bool {
-	if len(names) == 0 || len(returned) != subscribed {
+func (c *assignmentCache) holdsExactly(names []string, held map[string]string, subscribed int) bool {
+	if len(names) == 0 || len(held) != subscribed {
 		return false
 	}
-	key := exactKey{&names[0], len(names), mapPointer(returned), len(returned)}
+	key := exactKey{&names[0], len(names), mapPointer(held), len(held)}
 	if _, ok := c.exact[key]; ok {
 		return true
 	}
 	for _, n := range names {
-		if _, ok := returned[n]; !ok {
+		if _, ok := held[n]; !ok {
 			return false
 		}
 	}
 	if len(c.exact) >= maxHeldSets {
 		clear(c.exact)
 	}
-	c.exact[key] = exactPair{names, returned}
+	c.exact[key] = exactPair{names, held}
 	return true
 }
 
@@ -528,12 +528,12 @@ func eachSubscribed(names []string, subscribed map[string]struct{}, wildcard boo
 	}
 }
 
-// held is the value of every entry of a state-of-the-world returned map:
+// held is the value of every entry of a state-of-the-world held set:
 // only the names matter (see respondSotw).
 const held = "held"
 
-// maxHeldSets bounds the interned returned maps; past it they are dropped
-// and interned anew.
+// maxHeldSets bounds the interned held sets; past it they are dropped and
+// interned anew.
 const maxHeldSets = 4096
 
 // internHeld returns the interned map with the same names as m, or m,
