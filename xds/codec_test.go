@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -29,8 +31,24 @@ func testCodec(canon ...string) requestCodec {
 }
 
 // decodeWith runs b through the codec as gRPC would, split into two
-// buffers so that the codec must join them.
+// buffers so that the codec must join them, and puts back the names an
+// endpoint request's stand-in stands for.
 func decodeWith(c requestCodec, b []byte) (*discoveryv3.DiscoveryRequest, error) {
+	req, err := decodeRaw(c, b)
+	if err != nil {
+		return req, err
+	}
+	if names, _, ok, err := c.lists.subscription(req.ResourceNames); ok {
+		if err != nil {
+			return req, err
+		}
+		req.ResourceNames = names
+	}
+	return req, nil
+}
+
+// decodeRaw is decodeWith without putting back stood-in names.
+func decodeRaw(c requestCodec, b []byte) (*discoveryv3.DiscoveryRequest, error) {
 	half := len(b) / 2
 	data := mem.BufferSlice{mem.SliceBuffer(b[:half]), mem.SliceBuffer(b[half:])}
 	req := &discoveryv3.DiscoveryRequest{}
@@ -98,7 +116,7 @@ func TestRequestCodecDecodesAsProtoDoes(t *testing.T) {
 func TestRequestCodecSharesLists(t *testing.T) {
 	c := testCodec("outbound|80||a.ns.svc.cluster.local")
 	encode := func(names ...string) []byte {
-		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names})
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: names})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -211,4 +229,57 @@ func FuzzRequestCodec(f *testing.F) {
 			t.Fatalf("decoded differently:\nproto: %v\ncodec: %v", want, got)
 		}
 	})
+}
+
+func TestRequestCodecStandsInForEndpointNames(t *testing.T) {
+	c := testCodec()
+	encode := func(typeURL string, names ...string) []byte {
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	r1, err := decodeRaw(c, encode(resourcev3.EndpointType, "a", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r1.ResourceNames) != 2 || r1.ResourceNames[0] != "*" {
+		t.Fatalf("an endpoint request's names decoded as %q, want the stand-in [* token]", r1.ResourceNames)
+	}
+	names, set, ok, err := c.lists.subscription(r1.ResourceNames)
+	if !ok || err != nil || !slices.Equal(names, []string{"a", "b"}) || len(set) != 2 {
+		t.Fatalf("the stand-in stands for %v %v (%v, %v), want [a b]", names, set, ok, err)
+	}
+	r2, err := decodeRaw(c, encode(resourcev3.EndpointType, "a", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, set2, _, _ := c.lists.subscription(r2.ResourceNames)
+	if &r2.ResourceNames[0] != &r1.ResourceNames[0] || reflect.ValueOf(set2).UnsafePointer() != reflect.ValueOf(set).UnsafePointer() {
+		t.Error("two requests naming the same endpoints got different stand-ins or sets")
+	}
+	// Passed on as they are: other types, and lists naming "*" themselves.
+	for _, tc := range []struct {
+		typeURL string
+		names   []string
+	}{{resourcev3.RouteType, []string{"a", "b"}}, {resourcev3.EndpointType, []string{"*", "a"}}} {
+		r, err := decodeRaw(c, encode(tc.typeURL, tc.names...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(r.ResourceNames, tc.names) {
+			t.Errorf("%s %v decoded as %v", tc.typeURL, tc.names, r.ResourceNames)
+		}
+	}
+	// A client cannot name a list by sending a token of its own.
+	forged := []string{"*", "\x00minimesh-names-000000000000-1"}
+	if _, _, ok, _ := c.lists.subscription(forged); ok {
+		t.Error("a token without this process's random prefix was taken for a stand-in")
+	}
+	// A stand-in whose list was forgotten is an error, not a wildcard.
+	clear(c.lists.byToken)
+	if _, _, ok, err := c.lists.subscription(r1.ResourceNames); !ok || err == nil {
+		t.Errorf("a forgotten stand-in: ok %v, err %v; want an error", ok, err)
+	}
 }

@@ -45,14 +45,19 @@ type endpointCache struct {
 	// so that the names a thousand sidecars send in their requests (every
 	// cluster's, in each state-of-the-world request) are kept once.
 	names atomic.Pointer[map[string]string]
+	// lists are the name lists of state-of-the-world requests, which
+	// requestCodec decodes and the caches read (see nameLists.standIn).
+	lists *nameLists
 }
 
 func newEndpointCache() *endpointCache {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	e := &endpointCache{prefix: hex.EncodeToString(b[:]) + "-", byFlav: map[translate.Flavor]*assignmentCache{}}
+	e.lists = newNameLists(e.canonical)
 	for _, f := range []translate.Flavor{translate.FlavorEnvoy, translate.FlavorProxyless} {
 		e.byFlav[f] = newAssignmentCache(e.prefix)
+		e.byFlav[f].lists = e.lists
 	}
 	return e
 }
@@ -213,6 +218,9 @@ type assignmentCache struct {
 	heldByID map[uint64]map[string]string
 	heldID   map[unsafe.Pointer]uint64
 	nextHeld uint64
+	// lists resolves the stand-ins of state-of-the-world requests (nil
+	// in tests that build requests themselves).
+	lists *nameLists
 	// exact remembers which request name lists name exactly the
 	// names of which held sets (see holdsExactly).
 	exact map[exactKey]exactPair
@@ -264,6 +272,12 @@ type edsWatch struct {
 	sub   cachev3.Subscription
 	out   chan cachev3.Response
 	dout  chan cachev3.DeltaResponse
+	// What a state-of-the-world watch subscribes to: the request's
+	// names (or those its stand-in stands for), their set, and whether
+	// it is a wildcard watch.
+	names      []string
+	subscribed map[string]struct{}
+	wildcard   bool
 	// replyEvenIfEmpty: the client must get an answer even with nothing
 	// new (a SOTW client that holds nothing of this process's, a delta
 	// wildcard client's first request).
@@ -412,11 +426,10 @@ func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) b
 // client no longer holds them and a later subscription sends them again.
 func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even bool) bool {
 	known := c.heldSet(w.sotw.GetVersionInfo())
-	subscribed := w.sub.SubscribedResources()
-	wildcard := w.sub.IsWildcard()
+	subscribed, wildcard := w.subscribed, w.wildcard
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
 	if !even && candidates == nil && !wildcard && since == c.version &&
-		c.holdsExactly(w.sotw.GetResourceNames(), known, len(subscribed)) {
+		c.holdsExactly(w.names, known, len(subscribed)) {
 		// The ACK of the latest version, naming what it names: the
 		// client holds everything it subscribes to, as it is now.
 		return false
@@ -725,7 +738,16 @@ func (c *assignmentCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscrip
 	// A client that holds nothing of this process's must be answered,
 	// even with nothing, to complete its initialisation.
 	even := !strings.HasPrefix(req.GetVersionInfo(), c.prefix)
-	return c.watch(&edsWatch{sotw: req, sub: sub, out: out, replyEvenIfEmpty: even}), nil
+	w := &edsWatch{sotw: req, sub: sub, out: out, replyEvenIfEmpty: even,
+		names: req.GetResourceNames(), subscribed: sub.SubscribedResources(), wildcard: sub.IsWildcard()}
+	names, set, standIn, err := c.lists.subscription(req.GetResourceNames())
+	if err != nil {
+		return nil, err
+	}
+	if standIn {
+		w.names, w.subscribed, w.wildcard = names, set, false
+	}
+	return c.watch(w), nil
 }
 
 // CreateDeltaWatch implements cachev3.ConfigWatcher for delta.

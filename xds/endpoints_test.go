@@ -485,3 +485,52 @@ func TestAssignmentCacheDeltaLooksOnlyAtChangesSinceItsLastResponse(t *testing.T
 		t.Fatalf("an ACK with nothing due was answered with %v", r)
 	}
 }
+
+// TestAssignmentCacheReadsStandIns: requestCodec shows go-control-plane an
+// explicit wildcard and a token instead of an endpoint request's names;
+// the cache must serve the names the token stands for, not everything.
+func TestAssignmentCacheReadsStandIns(t *testing.T) {
+	e := newEndpointCache()
+	c := e.flavor("envoy")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	e.refreshNames()
+	codec := newRequestCodec(e.lists)
+	wire, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"b", "a"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := decodeRaw(codec, wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As go-control-plane's server makes the subscription.
+	sub := streamv3.NewSotwSubscription(req.ResourceNames, true)
+	if !sub.IsWildcard() || len(sub.SubscribedResources()) > 1 {
+		t.Fatalf("go-control-plane's subscription: wildcard %v, %d names; the stand-in should be a wildcard and a token", sub.IsWildcard(), len(sub.SubscribedResources()))
+	}
+	out := make(chan cachev3.Response, 1)
+	if _, err := c.CreateWatch(req, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := got(out)
+	if !ok || !slices.Equal(sotwNames(t, r), []string{"a", "b"}) {
+		t.Fatalf("a stand-in for [b a] was answered with %v, want [a b]", r)
+	}
+	// Its ACK, with the same stand-in, waits.
+	ack := &cachev3.Request{TypeUrl: resourcev3.EndpointType, VersionInfo: r.GetResponseVersion(), ResourceNames: req.ResourceNames}
+	out = make(chan cachev3.Response, 1)
+	if _, err := c.CreateWatch(ack, sub, out); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := got(out); ok {
+		t.Fatalf("the ACK was answered with %v", sotwNames(t, r))
+	}
+	// A stand-in the lists forgot ends the stream rather than serve
+	// everything.
+	clear(e.lists.byToken)
+	if _, err := c.CreateWatch(ack, sub, make(chan cachev3.Response, 1)); err == nil {
+		t.Error("a forgotten stand-in was accepted")
+	}
+}

@@ -327,7 +327,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		// uses; beyond a few tens of thousands that is more than gRPC's
 		// default limit of 4 MiB.
 		grpc.MaxRecvMsgSize(maxRequestSize),
-		grpc.ForceServerCodecV2(newRequestCodec(newNameLists(s.eds.canonical))),
+		grpc.ForceServerCodecV2(newRequestCodec(s.eds.lists)),
 	)
 	xs := serverv3.NewServer(ctx, s.cache, s.callbacks(), serverOption(s.log))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsService{s: s, xds: xs})
