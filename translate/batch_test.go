@@ -47,3 +47,27 @@ func TestBatchSharesOutboundPerNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestAssignmentNamesOnly: with the option, a group's assignments name the
+// same clusters as without it, and carry no endpoints; everything else is
+// the same translation.
+func TestAssignmentNamesOnly(t *testing.T) {
+	snap := benchSnapshot(t, 30)
+	for _, f := range []Flavor{FlavorEnvoy, FlavorProxyless} {
+		px := ProxyFor(f, snap.Workload("ns-0", "svc-0-0"))
+		full := Translate(snap, px, Options{})
+		named := Translate(snap, px, Options{AssignmentNamesOnly: true})
+		if len(full.Endpoints) == 0 || len(named.Endpoints) != len(full.Endpoints) {
+			t.Fatalf("%s: %d assignments with the option, %d without", f, len(named.Endpoints), len(full.Endpoints))
+		}
+		for i, cla := range named.Endpoints {
+			if cla.GetClusterName() != full.Endpoints[i].GetClusterName() || len(cla.GetEndpoints()) != 0 {
+				t.Errorf("%s: assignment %d is %v, want only the name %q", f, i, cla, full.Endpoints[i].GetClusterName())
+			}
+		}
+		full.Endpoints, named.Endpoints = nil, nil
+		if diff := cmp.Diff(full, named, protocmp.Transform()); diff != "" {
+			t.Errorf("%s: the option changed more than the assignments (-without +with):\n%s", f, diff)
+		}
+	}
+}

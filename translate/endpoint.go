@@ -89,6 +89,19 @@ func EndpointsFor(snap *model.Snapshot, f Flavor, opts Options) map[string]*endp
 	return out
 }
 
+// assignmentsFor returns the assignment of each outbound cluster of
+// flavour f by name: EndpointsFor's, or, with Options.AssignmentNamesOnly,
+// one that only names its cluster.
+func assignmentsFor(snap *model.Snapshot, f Flavor, opts Options) func(string) *endpointv3.ClusterLoadAssignment {
+	if opts.AssignmentNamesOnly {
+		return func(name string) *endpointv3.ClusterLoadAssignment {
+			return &endpointv3.ClusterLoadAssignment{ClusterName: name}
+		}
+	}
+	all := EndpointsFor(snap, f, opts)
+	return func(name string) *endpointv3.ClusterLoadAssignment { return all[name] }
+}
+
 // AssignmentInput is everything one outbound cluster's assignment is built
 // from (see Assignment): equal inputs give equal assignments.
 type AssignmentInput struct {

@@ -195,7 +195,7 @@ func chainKinds(mode policy.MTLSMode) []bool {
 }
 
 func (t *envoyTranslation) outbound() {
-	assignments := EndpointsFor(t.snap, FlavorEnvoy, t.opts)
+	assignments := assignmentsFor(t.snap, FlavorEnvoy, t.opts)
 	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener())
 	t.res.Clusters = append(t.res.Clusters, PassthroughClusters()...)
 
@@ -229,7 +229,7 @@ func (t *envoyTranslation) outbound() {
 				endpoints = eps.Endpoints
 			}
 			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, h2, t.clientTLS(s, port, fqdn, h2, endpoints)))
-			t.res.Endpoints = append(t.res.Endpoints, assignments[name])
+			t.res.Endpoints = append(t.res.Endpoints, assignments(name))
 
 			switch {
 			case http:

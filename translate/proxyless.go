@@ -249,7 +249,7 @@ func jwtTokenDenyPolicies(ras []*policy.RequestAuthentication) (map[string]*rbac
 }
 
 func (t *proxylessTranslation) outbound() {
-	assignments := EndpointsFor(t.snap, FlavorProxyless, t.opts)
+	assignments := assignmentsFor(t.snap, FlavorProxyless, t.opts)
 	for i := range t.snap.Services {
 		s := &t.snap.Services[i]
 		fqdn := FQDN(s.Name, s.Namespace, t.opts.ClusterDomain)
@@ -273,7 +273,7 @@ func (t *proxylessTranslation) outbound() {
 			}
 			t.res.Routes = append(t.res.Routes, ProxylessRouteConfiguration(name, VirtualHostName(fqdn, port), authorities, name))
 			t.res.Clusters = append(t.res.Clusters, ProxylessCluster(name, socket))
-			t.res.Endpoints = append(t.res.Endpoints, assignments[name])
+			t.res.Endpoints = append(t.res.Endpoints, assignments(name))
 		}
 	}
 }

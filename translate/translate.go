@@ -56,6 +56,12 @@ type Options struct {
 	// JWKS maps a RequestAuthentication jwksUri to the key set meshd fetched
 	// for it. Translation never fetches anything itself.
 	JWKS map[string]string
+	// AssignmentNamesOnly is for a caller that builds and serves the
+	// ClusterLoadAssignments itself (meshd's endpoint cache, with
+	// Assignment): Resources.Endpoints then holds one assignment per
+	// cluster that only names it, which is all consistency checks need,
+	// instead of a thousand assignments with their endpoints per group.
+	AssignmentNamesOnly bool
 }
 
 // Resources is everything one proxy group receives apart from its secrets.

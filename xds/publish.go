@@ -399,7 +399,11 @@ func (s *Server) build(m *model.Snapshot, need map[string]translate.Proxy, prev 
 		jobs <- built{key: k, proxy: px}
 	}
 	close(jobs)
-	batch := translate.NewBatch(m, s.opts.Translate)
+	// The endpoint cache builds and serves the assignments; groups need
+	// only their names.
+	opts := s.opts.Translate
+	opts.AssignmentNamesOnly = true
+	batch := translate.NewBatch(m, opts)
 	out = slices.Grow(out, len(need))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
