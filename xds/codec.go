@@ -33,7 +33,8 @@ import (
 // subscribes to the same clusters, and an ACK repeats its stream's last
 // request), so the codec keeps the lists it has decoded and hands out the
 // same slice for the same names: no string is allocated for a known list,
-// and the lists held by go-control-plane's watches are shared.
+// and the lists held by go-control-plane's watches are shared. An endpoint
+// request's names are moreover replaced by a stand-in (see standIn).
 //
 // The slices it returns are shared and must not be modified; nothing in
 // minimesh or go-control-plane writes to a request's names.
@@ -64,7 +65,8 @@ const resourceNamesField = 3
 
 // maxListedNames bounds the names nameLists keeps; past it, the lists are
 // dropped and learnt anew. A few clients sending many different lists
-// can therefore cost decoding time, not memory.
+// can therefore cost decoding time, not memory; a stream whose stand-in
+// was dropped meanwhile is ended, and its client reconnects.
 const maxListedNames = 1 << 20
 
 // nameLists remembers decoded lists. A list is known by its encoding:
