@@ -50,7 +50,17 @@ func newPodNet(t *testing.T) *podNet {
 	if err := n.ip("link", "add", n.bridge, "type", "bridge"); err != nil {
 		t.Skipf("cannot create a bridge for the pod network (%v); the Kubernetes e2e needs CAP_NET_ADMIN", err)
 	}
-	for _, args := range [][]string{{"addr", "add", n.Gateway() + "/24", "dev", n.bridge}, {"link", "set", n.bridge, "up"}} {
+	// A bridge without an address of its own takes the lowest of its
+	// ports' and changes it when a pod with a lower one joins; pods that
+	// still have the old one in their ARP cache then cannot reach the
+	// gateway (meshd) until it expires, some 30 s. A fixed, locally
+	// administered address keeps it stable.
+	mac := fmt.Sprintf("02:6d:6d:%s:%s:%s", n.id[0:2], n.id[2:4], n.id[4:6])
+	for _, args := range [][]string{
+		{"link", "set", "dev", n.bridge, "address", mac},
+		{"addr", "add", n.Gateway() + "/24", "dev", n.bridge},
+		{"link", "set", n.bridge, "up"},
+	} {
 		if err := n.ip(args...); err != nil {
 			t.Fatal(err)
 		}
