@@ -383,14 +383,21 @@ func (b *builder) checkLabels(o obj, labels map[string]string) bool {
 	return ok
 }
 
+// admitChecked decodes o into v and admits it if check, which looks at
+// what the document alone decides, finds nothing wrong. A document that
+// passed is not checked again when its file is reloaded unchanged.
+func admitChecked[T any](b *builder, o obj, v *T, typeName string, check func(obj, *T) bool) bool {
+	if !b.decodeStrict(o, v, typeName) {
+		return false
+	}
+	ok := o.d.memo.checked || check(o, v)
+	o.d.memo.checked = ok
+	return b.accept(o, ok)
+}
+
 func (b *builder) addService(o obj) {
 	var s corev1.Service
-	if !b.decodeStrict(o, &s, "a v1 Service") {
-		return
-	}
-	ok := o.d.memo.checked || b.checkService(o, &s)
-	o.d.memo.checked = ok
-	if !b.accept(o, ok) {
+	if !admitChecked(b, o, &s, "a v1 Service", b.checkService) {
 		return
 	}
 	s.Namespace, s.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
@@ -474,12 +481,7 @@ func (b *builder) checkService(o obj, s *corev1.Service) bool {
 
 func (b *builder) addPod(o obj) {
 	var p corev1.Pod
-	if !b.decodeStrict(o, &p, "a v1 Pod") {
-		return
-	}
-	ok := o.d.memo.checked || b.checkPod(o, &p)
-	o.d.memo.checked = ok
-	if !b.accept(o, ok) {
+	if !admitChecked(b, o, &p, "a v1 Pod", b.checkPod) {
 		return
 	}
 	p.Namespace, p.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
