@@ -201,7 +201,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	watching := map[schema.GroupVersionResource]bool{}
 	for _, k := range kinds {
 		w.policies = append(w.policies, dynFactory.ForResource(k.gvr).Informer())
-		w.names = append(w.names, k.gvr.Resource+"."+k.gvr.Group)
+		w.names = append(w.names, k.resourceName())
 		watching[k.gvr] = true
 	}
 
@@ -256,27 +256,44 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 
 	// Policy kinds whose CRDs are not installed yet are looked for again
 	// until all are watched: a meshd started before its CRDs must not
-	// ignore AuthorizationPolicies forever.
+	// ignore AuthorizationPolicies forever. A new kind's informer joins the
+	// snapshot once its first list is complete (so that it is not
+	// published object by object); until then it is polled, never waited
+	// for, so a kind that cannot be listed (RBAC, a CRD removed again)
+	// holds up nothing else.
 	var recheck <-chan time.Time
 	if len(watching) < len(policyKinds) {
 		t := time.NewTicker(s.recheck)
 		defer t.Stop()
 		recheck = t.C
 	}
+	type joining struct {
+		inf    cache.SharedIndexInformer
+		kind   policyKind
+		since  time.Time
+		warned bool
+	}
+	var pendingKinds []joining
+	syncPoll := time.NewTicker(newKindPoll)
+	defer syncPoll.Stop()
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	pending := false
 	for {
+		var polling <-chan time.Time
+		if len(pendingKinds) > 0 {
+			polling = syncPoll.C
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-recheck:
-			served, err := s.servedOnce(ctx, false)
+			served, err := s.servedOnce(false)
 			if err != nil {
 				continue // the API server is away; ask again next time
 			}
-			var added []cache.SharedIndexInformer
+			added := false
 			for _, k := range served {
 				if watching[k.gvr] {
 					continue
@@ -287,24 +304,34 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 					continue
 				}
 				watching[k.gvr] = true
-				added = append(added, inf)
-				w.policies = append(w.policies, inf)
-				w.names = append(w.names, k.gvr.Resource+"."+k.gvr.Group)
-				s.log.Info("the API server now serves a policy kind; watching it", "kind", k.kind, "resource", k.gvr.Resource+"."+k.gvr.Group)
+				pendingKinds = append(pendingKinds, joining{inf: inf, kind: k, since: time.Now()})
+				added = true
+				s.log.Info("the API server now serves a policy kind; watching it", "kind", k.kind, "resource", k.resourceName())
 			}
-			if len(added) == 0 {
-				continue
+			if added {
+				dynFactory.Start(runCtx.Done())
 			}
-			dynFactory.Start(runCtx.Done())
-			// Its first list is part of one snapshot, not published
-			// object by object.
-			if !cache.WaitForCacheSync(runCtx.Done(), hasSynced(added)...) {
-				return nil
-			}
-			notify()
 			if len(watching) == len(policyKinds) {
 				recheck = nil
 			}
+		case <-polling:
+			still := pendingKinds[:0]
+			for _, j := range pendingKinds {
+				switch {
+				case j.inf.HasSynced():
+					w.policies = append(w.policies, j.inf)
+					w.names = append(w.names, j.kind.resourceName())
+					notify()
+				case !j.warned && time.Since(j.since) > syncWarnAfter:
+					j.warned = true
+					s.log.Warn("a newly served policy kind has not been listed yet; its objects are not enforced until it is (check meshd's RBAC for it)",
+						"kind", j.kind.kind, "resource", j.kind.resourceName(), "waited", time.Since(j.since).Round(time.Second))
+					still = append(still, j)
+				default:
+					still = append(still, j)
+				}
+			}
+			pendingKinds = still
 		case <-changed:
 			// The window starts at the first change and is not extended,
 			// so a steady stream of changes still publishes every Coalesce.
@@ -390,9 +417,9 @@ func listAs[T any](inf cache.SharedIndexInformer) []T {
 func (s *Source) servedPolicyKinds(ctx context.Context) ([]policyKind, error) {
 	var served []policyKind
 	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 1 << 30, Cap: 10 * time.Second}
-	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(context.Context) (bool, error) {
 		var err error
-		served, err = s.servedOnce(ctx, true)
+		served, err = s.servedOnce(true)
 		if err != nil {
 			s.log.Warn("cannot ask the API server which policy kinds it serves; retrying", "error", err)
 			return false, nil
@@ -407,7 +434,7 @@ func (s *Source) servedPolicyKinds(ctx context.Context) ([]policyKind, error) {
 
 // servedOnce asks the API server once which policy kinds it serves,
 // warning about each missing one when warn is set.
-func (s *Source) servedOnce(_ context.Context, warn bool) ([]policyKind, error) {
+func (s *Source) servedOnce(warn bool) ([]policyKind, error) {
 	var served []policyKind
 	byGV := map[string]map[string]bool{}
 	for _, k := range policyKinds {
@@ -437,13 +464,17 @@ func (s *Source) servedOnce(_ context.Context, warn bool) ([]policyKind, error) 
 	return served, nil
 }
 
-func hasSynced(infs []cache.SharedIndexInformer) []cache.InformerSynced {
-	out := make([]cache.InformerSynced, len(infs))
-	for i, inf := range infs {
-		out[i] = inf.HasSynced
-	}
-	return out
-}
+// newKindPoll is how often a newly watched policy kind is checked for its
+// first complete list; syncWarnAfter is when a kind still not listed is
+// reported.
+const (
+	newKindPoll   = 100 * time.Millisecond
+	syncWarnAfter = 30 * time.Second
+)
+
+// resourceName is the kind's resource as kubectl names it
+// ("authorizationpolicies.security.istio.io").
+func (k policyKind) resourceName() string { return k.gvr.Resource + "." + k.gvr.Group }
 
 func (s *Source) countInvalid(kind string) {
 	if s.invalid == nil {
