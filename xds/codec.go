@@ -63,11 +63,18 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // The field number of DiscoveryRequest.resource_names.
 const resourceNamesField = 3
 
-// maxListedNames bounds the names nameLists keeps; past it, the lists are
-// dropped and learnt anew. A few clients sending many different lists
-// can therefore cost decoding time, not memory; a stream whose stand-in
-// was dropped meanwhile is ended, and its client reconnects.
-const maxListedNames = 1 << 20
+// maxListedNames and maxListedBytes bound the names nameLists keeps, and
+// the bytes they and their encodings take; past either, the lists turn
+// over: they are learnt anew, and the stand-ins of the previous generation
+// are still resolved (requests decoded but not yet answered, streams
+// that have not sent one since), so a turnover ends no healthy stream.
+// A few clients sending many different lists can therefore cost decoding
+// time and at most two generations of memory; a stream whose stand-in is
+// two turnovers old is ended, and its client reconnects.
+const (
+	maxListedNames = 1 << 20
+	maxListedBytes = 32 << 20
+)
 
 // nameLists remembers decoded lists. A list is known by its encoding:
 // the resource_names fields of a request, as they were on the wire.
@@ -77,15 +84,17 @@ type nameLists struct {
 	// known name either. It must not allocate for unknown names.
 	canonical func([]byte) (string, bool)
 
-	// tokenPrefix starts every stand-in name (see stand-in); it holds
+	// tokenPrefix starts every stand-in name (see standIn); it holds
 	// random bytes, so that no client can send one.
 	tokenPrefix string
 
-	mu      sync.RWMutex
-	lists   map[uint64][]*nameList // by maphash of the encoding
-	byToken map[string]*nameList
-	held    int // names in lists
-	nextID  uint64
+	mu         sync.RWMutex
+	lists      map[uint64][]*nameList // by maphash of the encoding
+	byToken    map[string]*nameList
+	oldByToken map[string]*nameList // byToken before the last turnover
+	held       int                  // names in lists
+	bytes      int                  // their encodings, twice (wire and names)
+	nextID     uint64
 }
 
 type nameList struct {
@@ -192,13 +201,17 @@ func (l *nameLists) standIn(list *nameList) []string {
 
 // subscription returns the names, and their set, that names stands in for
 // (see standIn); ok is false when names is not a stand-in. A stand-in
-// whose list was forgotten since (past maxListedNames) returns an error.
+// whose list was forgotten since (two turnovers, see maxListedNames)
+// returns an error.
 func (l *nameLists) subscription(names []string) (real []string, set map[string]struct{}, ok bool, err error) {
 	if l == nil || len(names) != 2 || names[0] != "*" || !strings.HasPrefix(names[1], l.tokenPrefix) {
 		return nil, nil, false, nil
 	}
 	l.mu.RLock()
 	list := l.byToken[names[1]]
+	if list == nil {
+		list = l.oldByToken[names[1]]
+	}
 	l.mu.RUnlock()
 	if list == nil {
 		return nil, nil, true, errors.New("minimesh no longer remembers the endpoint names of this request (too many distinct lists); reconnect")
@@ -242,13 +255,14 @@ func (l *nameLists) list(wire []byte) (*nameList, error) {
 			return known, nil
 		}
 	}
-	if l.held+len(names) > maxListedNames {
-		clear(l.lists)
-		clear(l.byToken)
-		l.held = 0
+	if l.held+len(names) > maxListedNames || l.bytes+2*len(wire) > maxListedBytes {
+		l.lists = map[uint64][]*nameList{}
+		l.oldByToken, l.byToken = l.byToken, map[string]*nameList{}
+		l.held, l.bytes = 0, 0
 	}
 	list := &nameList{wire: string(wire), names: names}
 	l.lists[sum] = append(l.lists[sum], list)
 	l.held += len(names)
+	l.bytes += 2 * len(wire)
 	return list, nil
 }

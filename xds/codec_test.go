@@ -283,3 +283,36 @@ func TestRequestCodecStandsInForEndpointNames(t *testing.T) {
 		t.Errorf("a forgotten stand-in: ok %v, err %v; want an error", ok, err)
 	}
 }
+
+// A turnover (too many names, or too many bytes) keeps the previous
+// generation's stand-ins resolvable; a stand-in two turnovers old is not.
+func TestRequestCodecTurnoverKeepsOneGeneration(t *testing.T) {
+	c := testCodec()
+	big := strings.Repeat("n", maxListedBytes/6) // three of these overflow the byte budget
+	standIn := func(name string) []string {
+		t.Helper()
+		b, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{name}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := decodeRaw(c, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ResourceNames
+	}
+	first := standIn(big + "1")
+	standIn(big + "2")
+	standIn(big + "3") // a turnover: first is one generation old
+	if c.lists.bytes > maxListedBytes {
+		t.Errorf("the lists hold %d bytes, more than %d", c.lists.bytes, maxListedBytes)
+	}
+	if names, _, ok, err := c.lists.subscription(first); !ok || err != nil || names[0] != big+"1" {
+		t.Fatalf("a stand-in one turnover old: ok %v, err %v", ok, err)
+	}
+	standIn(big + "4")
+	standIn(big + "5") // a second turnover
+	if _, _, ok, err := c.lists.subscription(first); !ok || err == nil {
+		t.Errorf("a stand-in two turnovers old: ok %v, err %v; want an error", ok, err)
+	}
+}

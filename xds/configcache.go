@@ -375,7 +375,8 @@ func respondConfigDelta(pt *publishedType, w *configWatch) bool {
 }
 
 // configResponse is a state-of-the-world response of the configuration
-// cache; its resources and returned map are shared with other responses.
+// cache; its resources are shared with other responses, its returned map
+// (nil for a complete response, see respondConfigSotw) is not.
 type configResponse struct {
 	req       *cachev3.Request
 	version   string

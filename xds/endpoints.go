@@ -132,36 +132,38 @@ func (e *endpointCache) holds(acked, required string) bool {
 }
 
 // parseVersion returns the cache version of v, a version of this process
-// (prefix): "<prefix><cache version>", with ".<held set>" after it in
-// state of the world (see respondSotw).
+// (prefix): "<prefix><cache version>".
 func parseVersion(prefix, v string) (uint64, bool) {
 	rest, found := strings.CutPrefix(v, prefix)
 	if !found {
 		return 0, false
 	}
-	rest, _, _ = strings.Cut(rest, ".")
 	n, err := strconv.ParseUint(rest, 10, 64)
 	return n, err == nil
 }
 
-// heldSet returns the assignments a state-of-the-world client holds that
-// last accepted (or rejected, see guardNack) version v, or nil when v
-// does not say (a version of another process, or a set forgotten since).
-// Called with mu held.
-func (c *assignmentCache) heldSet(v string) map[string]string {
-	rest, found := strings.CutPrefix(v, c.prefix)
-	if !found {
-		return nil
-	}
-	_, id, found := strings.Cut(rest, ".")
-	if !found {
-		return nil
-	}
-	n, err := strconv.ParseUint(id, 10, 64)
+// heldKey is the entry of a state-of-the-world stream's returned map that
+// names the set of assignments the stream was last sent (see respondSotw).
+// It starts with a NUL, so no resource a client can subscribe to has it.
+const heldKey = "\x00minimesh:held"
+
+// heldOf returns the assignments a state-of-the-world stream holds, as
+// its returned map m says, or nil when m does not say: a new stream, or a
+// set forgotten since. Called with mu held.
+func (c *assignmentCache) heldOf(m map[string]string) map[string]string {
+	id, err := strconv.ParseUint(m[heldKey], 10, 64)
 	if err != nil {
 		return nil
 	}
-	return c.heldByID[n]
+	if set, ok := c.heldByID[id]; ok {
+		return set
+	}
+	set, ok := c.heldByIDOld[id]
+	if ok { // forgotten at the last turnover but still in use: keep it
+		c.heldByID[id] = set
+		c.heldID[mapPointer(set)] = id
+	}
+	return set
 }
 
 // assignmentCache is the go-control-plane cache (cachev3.Cache) of one
@@ -213,11 +215,13 @@ type assignmentCache struct {
 	// heldSets interns the sets of assignments state-of-the-world
 	// clients hold (see respondSotw) by the hash of their names; each
 	// has a number, heldByID finds a set by its number and heldID the
-	// number of a set.
-	heldSets map[uint64][]map[string]string
-	heldByID map[uint64]map[string]string
-	heldID   map[unsafe.Pointer]uint64
-	nextHeld uint64
+	// number of a set. heldByIDOld is heldByID before the last turnover
+	// (see internHeld), so that a set still in use is not forgotten.
+	heldSets    map[uint64][]map[string]string
+	heldByID    map[uint64]map[string]string
+	heldByIDOld map[uint64]map[string]string
+	heldID      map[unsafe.Pointer]uint64
+	nextHeld    uint64
 	// lists resolves the stand-ins of state-of-the-world requests (nil
 	// in tests that build requests themselves).
 	lists *nameLists
@@ -230,15 +234,15 @@ type assignmentCache struct {
 // and a held set of a given size. Both are kept in the exactPair, so
 // neither address can be reused while the key is remembered.
 type exactKey struct {
-	names    *string
-	n        int
-	returned unsafe.Pointer
-	size     int
+	names *string
+	n     int
+	held  unsafe.Pointer
+	size  int
 }
 
 type exactPair struct {
-	names    []string
-	returned map[string]string
+	names []string
+	held  map[string]string
 }
 
 // assignment is one published ClusterLoadAssignment, shared by every
@@ -408,24 +412,25 @@ func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) b
 }
 
 // respondSotw answers a state-of-the-world watch. Its request's version is
-// the version of the last response the client accepted (or, after a NACK,
-// rejected; see guardNack): "<prefix><cache version>.<held set>". An
-// assignment the client holds is stale exactly when it changed after that
-// cache version: every later change either reached the watch or happened
-// after the response. The held set says which assignments it holds: sets
-// are interned and numbered, so the thousand sidecars of fifty deployments
-// share fifty, a change to one assignment copies none, and the set travels
-// with the client's version instead of living in go-control-plane's
-// per-stream returned map.
+// the cache version of the last response the client accepted (or, after a
+// NACK, rejected; see guardNack), so an assignment it holds is stale
+// exactly when it changed after that version: every later change either
+// reached the watch or happened after the response.
 //
-// That map is not used (responses return none): go-control-plane writes to
-// it when a client drops names, which it may only do to a map of its own
-// stream, and a thousand private copies of a thousand names is 70 MB. The
-// same bookkeeping is done here: a request that drops names it holds is
-// answered, with no resources if need be, so that its version says the
-// client no longer holds them and a later subscription sends them again.
+// Which assignments the stream holds is a held set: sets are interned and
+// numbered, so the thousand sidecars of fifty deployments share fifty and
+// a change to one assignment copies none. The stream's returned map in
+// go-control-plane is its own, one entry naming its set (heldKey): a
+// response carries a new one, which go-control-plane installs when it
+// sends the response (not if it drops it for a newer request). A map
+// without the entry (a new stream) holds nothing, so a proxy that
+// reconnects is sent everything it subscribes to. A request that drops
+// names gets its set reduced at once, in that stream's map, so that a
+// later subscription sends them again; go-control-plane, shown a stand-in
+// (requestCodec), does not do that bookkeeping itself.
 func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even bool) bool {
-	known := c.heldSet(w.sotw.GetVersionInfo())
+	stream := w.sub.ReturnedResources()
+	known := c.heldOf(stream)
 	subscribed, wildcard := w.subscribed, w.wildcard
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
 	if !even && candidates == nil && !wildcard && since == c.version &&
@@ -473,32 +478,42 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 			consider(n)
 		}
 	}
-	// Names no longer subscribed are forgotten, so that a later
-	// subscription sends them again.
-	dropUnsubscribed := candidates == nil && !wildcard && heldSubscribed < len(known)
-	if !even && len(changed) == 0 && !dropUnsubscribed {
+	// Names no longer subscribed are forgotten at once, in the stream's
+	// own map, so that a later subscription sends them again.
+	if candidates == nil && !wildcard && heldSubscribed < len(known) {
+		reduced := make(map[string]string, heldSubscribed)
+		for n := range known {
+			if _, ok := subscribed[n]; ok {
+				reduced[n] = held
+			}
+		}
+		known = c.internHeld(reduced)
+		if stream != nil {
+			stream[heldKey] = strconv.FormatUint(c.heldID[mapPointer(known)], 10)
+		}
+	}
+	if !even && len(changed) == 0 {
 		return false
 	}
 	returned := known
-	if added || dropUnsubscribed || returned == nil {
+	if added || returned == nil {
 		returned = make(map[string]string, len(known)+len(changed))
 		for n := range known {
-			if _, ok := subscribed[n]; ok || wildcard {
-				returned[n] = held
-			}
+			returned[n] = held
 		}
 		for _, a := range changed {
 			returned[a.name] = held
 		}
 		returned = c.internHeld(returned)
 	}
-	version := c.versionString(c.version) + "." + strconv.FormatUint(c.heldID[mapPointer(returned)], 10)
+	version := c.versionString(c.version)
 	anys := make([]*anypb.Any, len(changed))
 	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
 	for i, a := range changed {
 		anys[i] = a.any
 	}
-	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys}
+	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys,
+		returned: map[string]string{heldKey: strconv.FormatUint(c.heldID[mapPointer(returned)], 10)}}
 	return true
 }
 
@@ -545,8 +560,8 @@ func eachSubscribed(names []string, subscribed map[string]struct{}, wildcard boo
 // only the names matter (see respondSotw).
 const held = "held"
 
-// maxHeldSets bounds the interned held sets; past it they are dropped and
-// interned anew.
+// maxHeldSets bounds the interned held sets; past it they turn over (see
+// internHeld).
 const maxHeldSets = 4096
 
 // internHeld returns the interned map with the same names as m, or m,
@@ -564,10 +579,12 @@ func (c *assignmentCache) internHeld(m map[string]string) map[string]string {
 		}
 	}
 	if len(c.heldSets) >= maxHeldSets {
-		// Clients holding a forgotten set are sent what they
-		// subscribe to again, once.
+		// A turnover: the sets in use are found again through
+		// heldByIDOld (heldOf); a stream holding one older still is
+		// sent what it subscribes to again, once.
+		c.heldByIDOld = c.heldByID
+		c.heldByID = map[uint64]map[string]string{}
 		clear(c.heldSets)
-		clear(c.heldByID)
 		clear(c.heldID)
 		clear(c.exact)
 	}
@@ -610,7 +627,9 @@ const deltaSynced = "\x00minimesh:synced"
 // The result is not nil otherwise, even when empty. Called with mu held.
 func (c *assignmentCache) dueSince(known map[string]string, req *cachev3.DeltaRequest) []string {
 	since, err := strconv.ParseUint(known[deltaSynced], 10, 64)
-	if err != nil || len(c.history) == 0 || c.history[0].version > since+1 {
+	if err != nil || len(c.history) == 0 || c.history[0].version > since+1 ||
+		slices.Contains(req.GetResourceNamesSubscribe(), "*") || slices.Contains(req.GetResourceNamesUnsubscribe(), "*") {
+		// Also when the request changes to or from everything.
 		return nil
 	}
 	due := make([]string, 0, len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()))

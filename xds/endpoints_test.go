@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 	"unsafe"
@@ -150,8 +151,8 @@ func TestAssignmentCacheSotwSendsOnlyChangedAssignments(t *testing.T) {
 	if names := sotwNames(t, r); !slices.Equal(names, []string{"b"}) {
 		t.Errorf("the change carries %v, want only [b]", names)
 	}
-	if mapPointer(c.heldSet(r.GetResponseVersion())) != mapPointer(c.heldSet(v1)) {
-		t.Error("a change to a held assignment made a new held set")
+	if id := r.GetReturnedResources()[heldKey]; id == "" || id != held[heldKey] {
+		t.Errorf("a change to a held assignment names held set %q, want the same as before, %q", id, held[heldKey])
 	}
 
 	// NACKed: guardNack presents the rejected version; nothing is re-sent.
@@ -184,13 +185,17 @@ func TestAssignmentCacheSotwProxiesShareHeldSets(t *testing.T) {
 	if r1.GetResponseVersion() != r2.GetResponseVersion() {
 		t.Errorf("two proxies holding the same assignments were sent versions %q and %q", r1.GetResponseVersion(), r2.GetResponseVersion())
 	}
-	if held := c.heldSet(r1.GetResponseVersion()); !slices.Equal(slices.Sorted(maps.Keys(held)), []string{"a", "b"}) {
-		t.Errorf("the version's held set is %v, want a and b", held)
+	m1, m2 := r1.GetReturnedResources(), r2.GetReturnedResources()
+	if held := c.heldOf(m1); !slices.Equal(slices.Sorted(maps.Keys(held)), []string{"a", "b"}) {
+		t.Errorf("the stream's held set is %v, want a and b", held)
 	}
-	// go-control-plane writes to a stream's returned map; none is
-	// handed to it, so no stream can change what another holds.
-	if r1.GetReturnedResources() != nil || r2.GetReturnedResources() != nil {
-		t.Error("a state-of-the-world response returned a map")
+	if mapPointer(c.heldOf(m1)) != mapPointer(c.heldOf(m2)) {
+		t.Error("two proxies holding the same assignments do not share one held set")
+	}
+	// go-control-plane writes to a stream's returned map: each stream
+	// has one of its own, naming the shared set.
+	if mapPointer(m1) == mapPointer(m2) || len(m1) != 1 {
+		t.Errorf("returned maps %v and %v: want one entry each, not shared", m1, m2)
 	}
 }
 
@@ -399,26 +404,33 @@ func TestAssignmentCacheSotwAckOfSameNames(t *testing.T) {
 		t.Fatalf("the change to b: got %v, want [b]", r)
 	}
 	r, _ = got(sotwWatch(t, c, "", names, nil))
-	v = r.GetResponseVersion()
-	if _, ok := got(sotwWatch(t, c, v, names, nil)); ok {
+	v, held = r.GetResponseVersion(), r.GetReturnedResources()
+	if _, ok := got(sotwWatch(t, c, v, names, held)); ok {
 		t.Fatal("an ACK of the current version was answered")
 	}
-	// A stream that drops b (its cluster went) is answered, with
-	// nothing, so that its version says it no longer holds b...
-	r, ok = got(sotwWatch(t, c, v, []string{"a"}, nil))
-	if !ok || len(sotwNames(t, r)) != 0 {
-		t.Fatalf("dropping b: got %v (%v), want an empty response", r, ok)
+	other, _ := got(sotwWatch(t, c, "", names, nil))
+	otherHeld := other.GetReturnedResources()
+	// A stream that drops b (its cluster went) holds only a from then
+	// on, in its own map; there is nothing to send it.
+	if r, ok := got(sotwWatch(t, c, v, []string{"a"}, held)); ok {
+		t.Fatalf("dropping b was answered with %v", sotwNames(t, r))
 	}
-	if held := c.heldSet(r.GetResponseVersion()); !slices.Equal(slices.Sorted(maps.Keys(held)), []string{"a"}) {
-		t.Fatalf("after dropping b the stream holds %v, want [a]", held)
+	if h := c.heldOf(held); !slices.Equal(slices.Sorted(maps.Keys(h)), []string{"a"}) {
+		t.Fatalf("after dropping b the stream holds %v, want [a]", h)
 	}
-	// ...and subscribing to b again sends it again.
-	if r, ok := got(sotwWatch(t, c, r.GetResponseVersion(), names, nil)); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
+	// Subscribing to b again sends it again, though the request still
+	// names the version that had it.
+	if r, ok := got(sotwWatch(t, c, v, names, held)); !ok || !slices.Equal(sotwNames(t, r), []string{"b"}) {
 		t.Fatalf("subscribing to b again: got %v, want [b]", r)
 	}
-	// Another stream still at v, naming a and b, is not affected.
-	if _, ok := got(sotwWatch(t, c, v, names, nil)); ok {
-		t.Fatal("another stream's drop changed what this one holds")
+	// Another stream holding a and b is not affected.
+	if r, ok := got(sotwWatch(t, c, v, names, otherHeld)); ok {
+		t.Fatalf("another stream's drop changed what this one holds: sent %v", sotwNames(t, r))
+	}
+	// A stream that reconnects names its last version but holds, for
+	// all meshd knows, nothing: it is sent everything.
+	if r, ok := got(sotwWatch(t, c, v, names, nil)); !ok || !slices.Equal(sotwNames(t, r), []string{"a", "b"}) {
+		t.Fatalf("a new stream at version %s: got %v, want [a b]", v, r)
 	}
 }
 
@@ -518,7 +530,9 @@ func TestAssignmentCacheReadsStandIns(t *testing.T) {
 	if !ok || !slices.Equal(sotwNames(t, r), []string{"a", "b"}) {
 		t.Fatalf("a stand-in for [b a] was answered with %v, want [a b]", r)
 	}
-	// Its ACK, with the same stand-in, waits.
+	// Its ACK, with the same stand-in, waits. (go-control-plane keeps
+	// the returned map of the response it sent.)
+	sub.SetReturnedResources(r.GetReturnedResources())
 	ack := &cachev3.Request{TypeUrl: resourcev3.EndpointType, VersionInfo: r.GetResponseVersion(), ResourceNames: req.ResourceNames}
 	out = make(chan cachev3.Response, 1)
 	if _, err := c.CreateWatch(ack, sub, out); err != nil {
@@ -532,5 +546,54 @@ func TestAssignmentCacheReadsStandIns(t *testing.T) {
 	clear(e.lists.byToken)
 	if _, err := c.CreateWatch(ack, sub, make(chan cachev3.Response, 1)); err == nil {
 		t.Error("a forgotten stand-in was accepted")
+	}
+}
+
+// A delta stream that subscribes to everything ("*") is sent every
+// assignment it does not hold, not only what changed since its last
+// response.
+func TestAssignmentCacheDeltaWildcardSubscription(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := got(deltaWatch(t, c, []string{"a"}, nil))
+	if up, _ := deltaNames(r); !ok || !slices.Equal(up, []string{"a"}) {
+		t.Fatalf("first response %v, want [a]", up)
+	}
+	r, ok = got(deltaAck(t, c, []string{"a"}, r.GetReturnedResources(), "*"))
+	if up, _ := deltaNames(r); !ok || !slices.Equal(up, []string{"b", "c"}) {
+		t.Fatalf("subscribing to *: got %v, want [b c]", up)
+	}
+}
+
+// Held sets turn over past maxHeldSets; a stream still naming a set of the
+// previous generation keeps it (so it is not sent everything again), one
+// naming a set two turnovers old holds nothing.
+func TestHeldSetsTurnOverKeepingOneGeneration(t *testing.T) {
+	c := newAssignmentCache("p-")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	mine := c.internHeld(map[string]string{"a": held})
+	stream := map[string]string{heldKey: strconv.FormatUint(c.heldID[mapPointer(mine)], 10)}
+	fill := func(tag string) {
+		for i := range maxHeldSets {
+			c.internHeld(map[string]string{fmt.Sprintf("%s-%d", tag, i): held})
+		}
+	}
+	fill("x") // one turnover
+	if mapPointer(c.heldOf(stream)) != mapPointer(mine) {
+		t.Fatal("a set one turnover old was forgotten")
+	}
+	// Found again, mine is in this generation now; two more turnovers
+	// without it being named forget it.
+	fill("y")
+	fill("z")
+	if c.heldOf(stream) != nil {
+		t.Error("a set two turnovers old is still known")
+	}
+	other := map[string]string{heldKey: "999999999"}
+	if c.heldOf(other) != nil {
+		t.Error("an unknown set was found")
 	}
 }

@@ -1,11 +1,16 @@
 // Package xds serves minimesh's configuration to proxies over ADS, both
 // state-of-the-world and delta. go-control-plane's server speaks the
-// protocol (streams, nonces, subscriptions, ACKs and NACKs); minimesh
-// writes none of it. What to send is decided by caches behind
-// go-control-plane's Cache interface: its SnapshotCache for secrets, and
-// two of minimesh's own for configuration and endpoints, built so that a
-// thousand proxies cost little more than the fifty groups they form (see
-// configCache and endpointCache).
+// protocol (streams, nonces, subscriptions, ACKs and NACKs). What to send
+// is decided by caches behind go-control-plane's Cache interface: its
+// SnapshotCache for secrets, and two of minimesh's own for configuration
+// and endpoints, built so that a thousand proxies cost little more than
+// the fifty groups they form (see configCache and endpointCache). Those
+// two keep some of their per-stream state in the returned-resources maps
+// go-control-plane keeps per stream (reserved entries starting with a NUL,
+// see heldKey and deltaSynced), and the request codec shows
+// go-control-plane a stand-in for the thousand endpoint names of a
+// state-of-the-world request (see nameLists.standIn); everything else of
+// the protocol is go-control-plane's.
 //
 // Data flows one way. The discovery source calls Update with every new model
 // snapshot; a debouncer merges bursts; each push translates the model once
