@@ -65,11 +65,12 @@ race-tools: ## Install a C compiler (Go's race detector needs cgo) when missing 
 	fi
 
 .PHONY: race
-race: race-tools ## The xDS server's tests under the race detector (its caches are shared by every stream).
+race: race-tools ## The xDS server's and translation's tests under the race detector (shared caches, concurrent batches).
+	@mkdir -p $(BIN); rm -f $(BIN)/skipped-steps
 	@if command -v gcc >/dev/null 2>&1; then \
-		CGO_ENABLED=1 $(GO) test -race -count=1 ./xds/...; \
+		CGO_ENABLED=1 $(GO) test -race -count=1 ./xds/... ./translate/...; \
 	else \
-		echo "SKIPPED: the race-detector run (no C compiler here, and none could be installed); the xDS tests still run without it below"; \
+		echo "the race-detector run (make race): no C compiler here, and none could be installed" | tee $(BIN)/skipped-steps; \
 	fi
 
 .PHONY: unit
@@ -86,7 +87,7 @@ test: fmt-check vet lint kube-bins netns-tools race ## Everything CI runs: gofmt
 	@# SKIPPED test with its reason (the real-Envoy test skips without an
 	@# envoy binary on PATH; a skip is never a pass).
 	$(GO) build -o $(BIN)/testreport ./e2e/testreport
-	$(GO) test -count=1 -timeout 20m -json $(GO_PACKAGES) | $(BIN)/testreport
+	$(GO) test -count=1 -timeout 20m -json $(GO_PACKAGES) | $(BIN)/testreport -skipped-steps $(BIN)/skipped-steps
 
 .PHONY: golden
 golden: ## Rewrite translation golden files (read the diff before committing!).

@@ -4,12 +4,17 @@
 // is never mistaken for a pass. It exits 1 when anything failed (or the
 // input has no test results at all).
 //
-//	go test -json ./... | go run ./e2e/testreport
+//	go test -json ./... | go run ./e2e/testreport [-skipped-steps FILE]
+//
+// FILE, when it exists, lists steps outside `go test` that were skipped
+// (the race run without a C compiler), one per line; they are reported
+// with the skipped tests.
 package main
 
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -19,18 +24,31 @@ import (
 
 // event is one line of `go test -json` (see `go doc test2json`).
 type event struct {
-	Action  string
-	Package string
-	Test    string
-	Output  string
-	Elapsed float64
+	Action     string
+	Package    string
+	ImportPath string // of build-output events
+	Test       string
+	Output     string
+	Elapsed    float64
 }
 
 func main() {
-	os.Exit(run(os.Stdin, os.Stdout))
+	steps := flag.String("skipped-steps", "", "a file listing skipped steps outside go test, one per line")
+	flag.Parse()
+	var skippedSteps []string
+	if *steps != "" {
+		if b, err := os.ReadFile(*steps); err == nil {
+			for l := range strings.Lines(string(b)) {
+				if l = strings.TrimSpace(l); l != "" {
+					skippedSteps = append(skippedSteps, l)
+				}
+			}
+		}
+	}
+	os.Exit(run(os.Stdin, os.Stdout, skippedSteps...))
 }
 
-func run(in io.Reader, out io.Writer) int {
+func run(in io.Reader, out io.Writer, skippedSteps ...string) int {
 	type key struct{ pkg, test string }
 	outputs := map[key][]string{}
 	var skipped, failed []key
@@ -41,8 +59,14 @@ func run(in io.Reader, out io.Writer) int {
 	for sc.Scan() {
 		var e event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			// Not JSON: the build's own messages (compile errors).
+			// Not JSON: anything a tool printed around the tests.
 			fmt.Fprintln(out, sc.Text())
+			continue
+		}
+		if e.Action == "build-output" {
+			// Compile errors (Go 1.24 and later report them as
+			// events of the package being built).
+			fmt.Fprint(out, e.ImportPath, ": ", e.Output)
 			continue
 		}
 		k := key{e.Package, e.Test}
@@ -83,11 +107,14 @@ func run(in io.Reader, out io.Writer) int {
 			fmt.Fprint(out, "    ", l)
 		}
 	}
-	if len(skipped) > 0 {
-		fmt.Fprintf(out, "\n%d tests were SKIPPED (a skip is not a pass):\n", len(skipped))
+	if len(skipped)+len(skippedSteps) > 0 {
+		fmt.Fprintf(out, "\n%d tests or steps were SKIPPED (a skip is not a pass):\n", len(skipped)+len(skippedSteps))
 		slices.SortFunc(skipped, func(a, b key) int { return strings.Compare(a.pkg+a.test, b.pkg+b.test) })
 		for _, k := range skipped {
 			fmt.Fprintf(out, "  SKIP %s %s: %s\n", k.pkg, k.test, reasons[k])
+		}
+		for _, s := range skippedSteps {
+			fmt.Fprintf(out, "  SKIP (step) %s\n", s)
 		}
 	}
 	switch {

@@ -34,3 +34,20 @@ func TestReport(t *testing.T) {
 		t.Error("no results at all counted as a pass")
 	}
 }
+
+func TestReportShowsCompileErrorsAndSkippedSteps(t *testing.T) {
+	in := strings.Join([]string{
+		`{"ImportPath":"p [p.test]","Action":"build-output","Output":"./a.go:3:1: undefined: x\n"}`,
+		`{"ImportPath":"p [p.test]","Action":"build-fail"}`,
+		`{"Action":"fail","Package":"p","Elapsed":0}`,
+	}, "\n")
+	var out strings.Builder
+	if code := run(strings.NewReader(in), &out, "the race run: no C compiler"); code != 1 {
+		t.Errorf("exit code %d for a package that does not build, want 1", code)
+	}
+	for _, want := range []string{"./a.go:3:1: undefined: x", "SKIP (step) the race run: no C compiler"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+}
