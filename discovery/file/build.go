@@ -264,7 +264,13 @@ func (b *builder) decodeStrict(o obj, into any, typeName string) bool {
 	// A clean decode of this document is reused: a shallow copy, which
 	// callers may change at the top level (they set the defaulted
 	// namespace) but never deeper.
-	if d := o.d.memo.decoded; d != nil && reflect.TypeOf(d) == reflect.TypeOf(into) {
+	if d := o.d.memo.decoded; d != nil {
+		if reflect.TypeOf(d) != reflect.TypeOf(into) {
+			// Its JSON is gone (see below); a document has one kind,
+			// so this is a bug, reported rather than misreported.
+			b.report(o, policy.SeverityError, "", o.d.line, "minimesh bug: the document was decoded as %T and is now wanted as %T; please report it", d, into)
+			return false
+		}
 		reflect.ValueOf(into).Elem().Set(reflect.ValueOf(d).Elem())
 		return true
 	}
@@ -385,7 +391,9 @@ func (b *builder) checkLabels(o obj, labels map[string]string) bool {
 
 // admitChecked decodes o into v and admits it if check, which looks at
 // what the document alone decides, finds nothing wrong. A document that
-// passed is not checked again when its file is reloaded unchanged.
+// passed is not checked again when its file is reloaded unchanged, so a
+// check may report errors only: a warning from a check that passed would
+// be shown on the first load and never again.
 func admitChecked[T any](b *builder, o obj, v *T, typeName string, check func(obj, *T) bool) bool {
 	if !b.decodeStrict(o, v, typeName) {
 		return false
