@@ -889,7 +889,19 @@ func (c *assignmentCache) converged(names []string, acked, since string, openedA
 	return time.Time{}, false
 }
 
+// touches reports whether a change of the names in changed concerns a
+// group using names (sorted). It looks up the smaller side: a change
+// usually touches one assignment, and every proxy's ACK asks this of its
+// group's thousand names, under the server's lock.
 func touches(changed map[string]bool, names []string) bool {
+	if len(changed) < len(names) {
+		for n := range changed {
+			if _, found := slices.BinarySearch(names, n); found {
+				return true
+			}
+		}
+		return false
+	}
 	for _, n := range names {
 		if changed[n] {
 			return true

@@ -326,6 +326,38 @@ func TestAssignmentCacheVersionsAndConvergence(t *testing.T) {
 	}
 }
 
+// touches looks up whichever side is smaller; both ways must agree.
+func TestTouches(t *testing.T) {
+	set := func(names ...string) map[string]bool {
+		m := map[string]bool{}
+		for _, n := range names {
+			m[n] = true
+		}
+		return m
+	}
+	for _, tt := range []struct {
+		name    string
+		changed map[string]bool
+		names   []string
+		want    bool
+	}{
+		{"one change among many names, used", set("m"), []string{"a", "b", "m", "z"}, true},
+		{"one change among many names, first", set("a"), []string{"a", "b", "m", "z"}, true},
+		{"one change among many names, last", set("z"), []string{"a", "b", "m", "z"}, true},
+		{"one change among many names, unused", set("n"), []string{"a", "b", "m", "z"}, false},
+		{"many changes, few names, used", set("a", "b", "c", "d"), []string{"c"}, true},
+		{"many changes, few names, unused", set("a", "b", "c", "d"), []string{"e"}, false},
+		{"equal sizes, used", set("a", "b"), []string{"b", "c"}, true},
+		{"equal sizes, unused", set("a", "b"), []string{"c", "d"}, false},
+		{"removal only (no changed names)", set(), []string{"a"}, false},
+		{"group with no assignments", set("a"), nil, false},
+	} {
+		if got := touches(tt.changed, tt.names); got != tt.want {
+			t.Errorf("%s: touches(%v, %v) = %v, want %v", tt.name, slices.Sorted(maps.Keys(tt.changed)), tt.names, got, tt.want)
+		}
+	}
+}
+
 func TestAssignmentCacheKeepsLastValidAssignment(t *testing.T) {
 	c := newAssignmentCache("p-")
 	good := checkedCLAs(t, map[string]string{"a": "10.0.0.1"})

@@ -320,7 +320,9 @@ func (s *Server) publishEndpoints(m *model.Snapshot, changedAt time.Time) map[tr
 		}
 		names, err := s.eds.flavor(f).update(s.checkAssignments(m, f), changedAt)
 		s.edsFrom[f] = m
-		gone[f] = names
+		if len(names) > 0 {
+			gone[f] = names
+		}
 		if err == nil {
 			s.edsErr[f] = ""
 			continue
