@@ -60,8 +60,12 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return c.lists.decode(sc, req)
 }
 
-// The field number of DiscoveryRequest.resource_names.
-const resourceNamesField = 3
+// The field number of DiscoveryRequest.resource_names, and its tag as
+// encoders write it (one byte: field 3, wire type 2).
+const (
+	resourceNamesField = 3
+	resourceNamesTag   = resourceNamesField<<3 | byte(protowire.BytesType)
+)
 
 // maxListedNames and maxListedBytes bound the names nameLists keeps, and
 // the bytes they and their encodings take; past either, the lists turn
@@ -130,29 +134,59 @@ func (sc *scratch) release() {
 // decode unmarshals sc.in into req as proto.Unmarshal does, taking
 // resource_names from the remembered lists.
 func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error {
+	// Encoders write the names one after the other, so they are usually
+	// one run of fields in sc.in, used where it is; only names in
+	// several runs are gathered into sc.names.
+	var names []byte
+	runs := 0
 	for b := sc.in; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(n))
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(m))
-		}
-		if num == resourceNamesField && typ == protowire.BytesType {
-			sc.names = append(sc.names, b[:n+m]...)
+		var n int
+		if b[0] == resourceNamesTag {
+			// A run of names, read without the general field
+			// decoding: a request may hold thousands.
+			for n < len(b) && b[n] == resourceNamesTag {
+				_, m := protowire.ConsumeBytes(b[n+1:])
+				if m < 0 {
+					return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(m))
+				}
+				n += 1 + m
+			}
 		} else {
-			sc.rest = append(sc.rest, b[:n+m]...)
+			num, typ, t := protowire.ConsumeTag(b)
+			if t < 0 {
+				return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(t))
+			}
+			m := protowire.ConsumeFieldValue(num, typ, b[t:])
+			if m < 0 {
+				return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(m))
+			}
+			n = t + m
+			if num != resourceNamesField || typ != protowire.BytesType {
+				sc.rest = append(sc.rest, b[:n]...)
+				b = b[n:]
+				continue
+			}
+			// The names field with a tag in an unusual (longer) form.
 		}
-		b = b[n+m:]
+		switch runs++; runs {
+		case 1:
+			names = b[:n]
+		case 2:
+			sc.names = append(append(sc.names, names...), b[:n]...)
+			names = sc.names
+		default:
+			sc.names = append(sc.names, b[:n]...)
+			names = sc.names
+		}
+		b = b[n:]
 	}
 	if err := proto.Unmarshal(sc.rest, req); err != nil {
 		return err
 	}
-	if len(sc.names) == 0 {
+	if len(names) == 0 {
 		return nil
 	}
-	list, err := l.list(sc.names)
+	list, err := l.list(names)
 	if err != nil {
 		return err
 	}

@@ -72,6 +72,21 @@ func interleaved() []byte {
 	return b
 }
 
+// longTags is a request whose names are one run except that the middle
+// one's tag is written in two bytes (0x9a 0x00), which protobuf allows.
+func longTags() []byte {
+	var b []byte
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, "a")
+	b = append(b, 0x9a, 0x00)
+	b = protowire.AppendString(b, "b")
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, "c")
+	b = protowire.AppendTag(b, 4, protowire.BytesType)
+	b = protowire.AppendString(b, resourcev3.ClusterType)
+	return b
+}
+
 func TestRequestCodecDecodesAsProtoDoes(t *testing.T) {
 	mustMarshal := func(m proto.Message) []byte {
 		b, err := proto.Marshal(m)
@@ -95,7 +110,8 @@ func TestRequestCodecDecodesAsProtoDoes(t *testing.T) {
 			ErrorDetail: &statuspb.Status{Code: 3, Message: "bad"},
 		}),
 		"names between other fields, an unknown field, a repeat": interleaved(),
-		"empty name": mustMarshal(&discoveryv3.DiscoveryRequest{ResourceNames: []string{""}}),
+		"a name's tag in its two-byte form":                      longTags(),
+		"empty name":                                             mustMarshal(&discoveryv3.DiscoveryRequest{ResourceNames: []string{""}}),
 	} {
 		t.Run(name, func(t *testing.T) {
 			want := &discoveryv3.DiscoveryRequest{}
@@ -215,6 +231,7 @@ func TestRequestCodecLeavesOtherMessagesToProto(t *testing.T) {
 // any input: both refuse it, or both decode the same request.
 func FuzzRequestCodec(f *testing.F) {
 	f.Add(interleaved())
+	f.Add(longTags())
 	f.Add([]byte{})
 	ack, _ := proto.Marshal(&discoveryv3.DiscoveryRequest{VersionInfo: "v", ResourceNames: []string{"a", "b"}, ResponseNonce: "1"})
 	f.Add(ack)
