@@ -46,7 +46,8 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // pod, yet a constant trickle of changes cannot postpone a push forever.
 //
 // Quiet time is measured from each event's own trigger time rather than from
-// when debounce received it, so a slow receiver does not stretch the window.
+// when debounce received it, so a slow receiver (or a source that took a
+// while to build the snapshot) does not stretch the window.
 // push runs on debounce's goroutine: events that arrive meanwhile wait in ch
 // and form the next burst, so two pushes never overlap. debounce returns when
 // stop is closed or ch is closed; a pending burst is pushed when ch closes.
@@ -71,7 +72,13 @@ func debounce(ch <-chan event, stop <-chan struct{}, after, max time.Duration, c
 			}
 			pending = pending.merge(e)
 			if timer == nil {
-				timer = clk.After(after)
+				// The quiet period began when the change happened,
+				// which may be a while before it got here.
+				wait := after - clk.Now().Sub(pending.last)
+				if wait < 0 {
+					wait = 0
+				}
+				timer = clk.After(wait)
 			}
 		case <-timer:
 			now := clk.Now()

@@ -1,11 +1,14 @@
 package xds
 
 import (
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/minimesh/minimesh/discovery/model"
 )
 
 // fakeClock is a clock that moves only when the test says so. Every After
@@ -84,8 +87,11 @@ type pushAt struct {
 }
 
 // runDebounce feeds events at the given offsets (ms) through debounce and
-// returns the pushes it made, all on a fake clock.
-func runDebounce(t *testing.T, offsetsMS []int, after, max time.Duration) []pushAt {
+// returns the pushes it made, all on a fake clock. lateMS delays the
+// delivery of the events it names (by index) past their trigger time, as a
+// source that takes a while to build its snapshot does; deliveries must
+// stay in order.
+func runDebounce(t *testing.T, offsetsMS []int, lateMS map[int]int, after, max time.Duration) []pushAt {
 	t.Helper()
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	clk := newFakeClock(start)
@@ -115,9 +121,10 @@ func runDebounce(t *testing.T, offsetsMS []int, after, max time.Duration) []push
 	var got []pushAt
 	i := 0
 	for {
-		nextEvent, haveEvent := time.Time{}, i < len(offsetsMS)
+		nextEvent, trigger, haveEvent := time.Time{}, time.Time{}, i < len(offsetsMS)
 		if haveEvent {
-			nextEvent = start.Add(time.Duration(offsetsMS[i]) * time.Millisecond)
+			trigger = start.Add(time.Duration(offsetsMS[i]) * time.Millisecond)
+			nextEvent = trigger.Add(time.Duration(lateMS[i]) * time.Millisecond)
 		}
 		deadline, haveTimer := clk.next()
 		switch {
@@ -137,7 +144,7 @@ func runDebounce(t *testing.T, offsetsMS []int, after, max time.Duration) []push
 		case haveEvent:
 			clk.advanceTo(nextEvent)
 			_, armed := clk.next()
-			ch <- event{first: nextEvent, last: nextEvent, count: 1}
+			ch <- event{first: trigger, last: trigger, count: 1}
 			if !armed {
 				waitRegistered() // the first event of a burst arms the timer
 			}
@@ -152,7 +159,8 @@ func TestDebounce(t *testing.T) {
 	ms := time.Millisecond
 	tests := []struct {
 		name       string
-		events     []int // ms
+		events     []int       // ms
+		late       map[int]int // event index → ms it arrives after its trigger time
 		after, max time.Duration
 		want       []pushAt
 	}{
@@ -187,6 +195,24 @@ func TestDebounce(t *testing.T) {
 			want: []pushAt{{At: 250 * ms, Count: 4}},
 		},
 		{
+			name:   "the quiet period counts from when a late event happened",
+			events: []int{0}, late: map[int]int{0: 60},
+			after: 100 * ms, max: time.Second,
+			want: []pushAt{{At: 100 * ms, Count: 1}},
+		},
+		{
+			name:   "an event older than the quiet period pushes as soon as it arrives",
+			events: []int{0}, late: map[int]int{0: 150},
+			after: 100 * ms, max: time.Second,
+			want: []pushAt{{At: 150 * ms, Count: 1}},
+		},
+		{
+			name:   "a late second event extends the window from when it happened",
+			events: []int{0, 50}, late: map[int]int{1: 40},
+			after: 100 * ms, max: time.Second,
+			want: []pushAt{{At: 150 * ms, Count: 2}},
+		},
+		{
 			name:   "zero quiet period pushes every event",
 			events: []int{0, 10},
 			after:  0, max: 0,
@@ -195,7 +221,7 @@ func TestDebounce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := runDebounce(t, tt.events, tt.after, tt.max)
+			got := runDebounce(t, tt.events, tt.late, tt.after, tt.max)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("pushes (-want +got):\n%s", diff)
 			}
@@ -225,5 +251,33 @@ func TestDebounceStops(t *testing.T) {
 	debounce(make(chan event), stop, time.Hour, time.Hour, newFakeClock(time.Unix(0, 0)), func(event) { pushed = true })
 	if pushed {
 		t.Fatal("debounce pushed without any event")
+	}
+}
+
+// Update counts a change from when its source observed it, unless the
+// source could not say or its clock is ahead.
+func TestUpdateCountsFromWhenTheChangeWasObserved(t *testing.T) {
+	s, err := New(Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-80 * time.Millisecond)
+	for _, tt := range []struct {
+		name     string
+		observed time.Time
+		want     func(before, after time.Time, got time.Time) bool
+	}{
+		{"observed earlier", past, func(_, _, got time.Time) bool { return got.Equal(past) }},
+		{"not known", time.Time{}, func(before, after, got time.Time) bool { return !got.Before(before) && !got.After(after) }},
+		{"in the future", time.Now().Add(time.Hour), func(before, after, got time.Time) bool { return !got.Before(before) && !got.After(after) }},
+	} {
+		snap := &model.Snapshot{ObservedAt: tt.observed}
+		before := time.Now()
+		s.Update(snap)
+		after := time.Now()
+		e := <-s.events
+		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 {
+			t.Errorf("%s: Update of a snapshot observed at %v queued %+v (Update ran from %v to %v)", tt.name, tt.observed, e, before, after)
+		}
 	}
 }

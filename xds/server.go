@@ -287,13 +287,21 @@ const budgetMaxWait = 5 * time.Second
 // Update hands the server a new model snapshot. It is cheap and never
 // blocks: the snapshot is stored and a debounced push is requested. The
 // server keeps the pointer; callers must not modify the snapshot afterwards.
+//
+// The change counts from snap.ObservedAt, when the source saw it, if that
+// is set and not in the future: the debounce window and the convergence
+// times then include the time the source took to build the snapshot, as
+// they do in Istio, where events are debounced before anything is built.
 func (s *Server) Update(snap *model.Snapshot) {
-	now := time.Now()
+	at := time.Now()
+	if snap != nil && !snap.ObservedAt.IsZero() && snap.ObservedAt.Before(at) {
+		at = snap.ObservedAt
+	}
 	s.mu.Lock()
 	s.model = snap
 	s.mu.Unlock()
 	select {
-	case s.events <- event{first: now, last: now, count: 1}:
+	case s.events <- event{first: at, last: at, count: 1}:
 	default:
 		// The queue is full of earlier changes; their push reads the
 		// latest model, which includes this one.

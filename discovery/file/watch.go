@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -90,12 +89,14 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	if err := s.reload(w); err != nil {
 		return err
 	}
-	s.publishIfChanged(publish)
+	s.publishIfChanged(publish, time.Time{})
 
 	// A stopped timer whose channel is drained: armed when events arrive.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	var firstPending time.Time
+	// firstPending is when the first event of the coming reload arrived;
+	// unread when that of a change a failed reload could not read did.
+	var firstPending, unread time.Time
 	arm := func(d time.Duration) {
 		now := time.Now()
 		if firstPending.IsZero() {
@@ -130,15 +131,21 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			s.log.Warn("file watcher reported an error; re-reading the config directory", "dir", s.dir, "err", err)
 			arm(s.quiet)
 		case <-timer.C:
+			observed := firstPending
+			if !unread.IsZero() && (observed.IsZero() || unread.Before(observed)) {
+				observed = unread
+			}
 			firstPending = time.Time{}
 			started := time.Now()
 			if err := s.reload(w); err != nil {
 				s.log.Error("config directory cannot be read; keeping the last loaded mesh and trying again",
 					"dir", s.dir, "err", err, "retry", s.retry)
+				unread = observed
 				timer.Reset(s.retry)
 				continue
 			}
-			s.publishIfChanged(publish)
+			unread = time.Time{}
+			s.publishIfChanged(publish, observed)
 			s.log.Debug("config directory re-read", "took", time.Since(started))
 		}
 	}
@@ -257,12 +264,16 @@ func (s *Source) snapshot() *model.Snapshot {
 	return assemble(docs, problems, s.opts)
 }
 
-func (s *Source) publishIfChanged(publish func(*model.Snapshot)) {
+// publishIfChanged publishes the directory's snapshot unless it describes
+// the same mesh as the last one. observed is when the first file event of
+// the change arrived (zero for the first load).
+func (s *Source) publishIfChanged(publish func(*model.Snapshot), observed time.Time) {
 	snap := s.snapshot()
-	if s.last != nil && reflect.DeepEqual(s.last, snap) {
+	if s.last != nil && s.last.SameMesh(snap) {
 		s.log.Debug("config directory re-read; nothing changed")
 		return
 	}
+	snap.ObservedAt = observed
 	s.last = snap
 	publish(snap)
 }

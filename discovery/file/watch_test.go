@@ -89,8 +89,14 @@ func TestSourceWatches(t *testing.T) {
 
 	waitFor(t, ch, "the first load", hasNamespaces("a v=one"))
 
+	before := time.Now()
 	write(t, a, nsYAML("a", "v: two"))
-	waitFor(t, ch, "an edit", hasNamespaces("a v=two"))
+	s := waitFor(t, ch, "an edit", hasNamespaces("a v=two"))
+	// The snapshot says when the file event came, which is after the
+	// write began and before the snapshot was handed over.
+	if s.ObservedAt.Before(before) || s.ObservedAt.After(time.Now()) {
+		t.Errorf("the edit's snapshot says it was observed at %v; the write began at %v", s.ObservedAt, before)
+	}
 
 	// A new subdirectory is watched too, including files written into it
 	// right after it was created.
@@ -102,7 +108,7 @@ func TestSourceWatches(t *testing.T) {
 
 	// A broken file keeps its last good objects and is reported.
 	write(t, a, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: [a\n")
-	s := waitFor(t, ch, "the broken file to be reported", func(s *model.Snapshot) bool { return len(s.Problems) > 0 })
+	s = waitFor(t, ch, "the broken file to be reported", func(s *model.Snapshot) bool { return len(s.Problems) > 0 })
 	if got, want := namespaces(s), []string{"a v=two", "b edited=yes"}; !slices.Equal(got, want) {
 		t.Errorf("while a.yaml is broken, namespaces = %v, want the last good %v", got, want)
 	}
@@ -156,29 +162,36 @@ func TestSourcePublishesOnlyChanges(t *testing.T) {
 	defer func() { _ = w.Close() }()
 	src := New(dir, Options{}, nil)
 	var published []*model.Snapshot
-	step := func() {
+	step := func(observed time.Time) {
 		t.Helper()
 		if err := src.reload(w); err != nil {
 			t.Fatal(err)
 		}
-		src.publishIfChanged(func(s *model.Snapshot) { published = append(published, s) })
+		src.publishIfChanged(func(s *model.Snapshot) { published = append(published, s) }, observed)
 	}
 
-	step()
+	step(time.Time{})
 	if len(published) != 1 {
 		t.Fatalf("first load published %d snapshots, want 1", len(published))
+	}
+	if !published[0].ObservedAt.IsZero() {
+		t.Errorf("the first load says it observed a change at %v", published[0].ObservedAt)
 	}
 	write(t, a, nsYAML("a", "")) // same bytes
 	write(t, filepath.Join(dir, "README.md"), "# not a manifest")
 	write(t, filepath.Join(dir, "b.yaml"), "# only a comment\n")
-	step()
+	step(time.Now())
 	if len(published) != 1 {
 		t.Errorf("an unchanged mesh was published again")
 	}
 	write(t, a, nsYAML("a", "x: y"))
-	step()
+	observed := time.Now().Add(-time.Second)
+	step(observed)
 	if len(published) != 2 {
 		t.Fatalf("a change was not published")
+	}
+	if !published[1].ObservedAt.Equal(observed) {
+		t.Errorf("the change's snapshot says it was observed at %v, want the first event's %v", published[1].ObservedAt, observed)
 	}
 	if published[0] == published[1] || len(published[0].Namespaces[0].Labels) != 0 {
 		t.Errorf("the first snapshot was changed after it was published: %+v", published[0].Namespaces)

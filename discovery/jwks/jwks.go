@@ -78,7 +78,7 @@ func (r *resolver) Run(ctx context.Context, publish func(*model.Snapshot)) error
 		r.mu.Lock()
 		r.last = s
 		r.mu.Unlock()
-		r.emit()
+		r.emit(s.ObservedAt)
 		select {
 		case r.kick <- struct{}{}:
 		default:
@@ -104,8 +104,9 @@ func uris(s *model.Snapshot) map[string][]policy.Problem {
 	return out
 }
 
-// emit publishes a copy of the last snapshot with the known keys.
-func (r *resolver) emit() {
+// emit publishes a copy of the last snapshot with the known keys, as a
+// change observed at observed: the source's change, or a new key set.
+func (r *resolver) emit(observed time.Time) {
 	r.mu.Lock()
 	s := r.last
 	if s == nil {
@@ -113,6 +114,7 @@ func (r *resolver) emit() {
 		return
 	}
 	cp := *s
+	cp.ObservedAt = observed
 	cp.JWKS = map[string]string{}
 	cp.Problems = append([]model.Problem(nil), s.Problems...)
 	for uri, refs := range uris(s) {
@@ -186,7 +188,7 @@ func (r *resolver) fetchLoop(ctx context.Context, done <-chan struct{}) {
 			r.mu.Unlock()
 		}
 		if changed {
-			r.emit()
+			r.emit(time.Now())
 		}
 	}
 }

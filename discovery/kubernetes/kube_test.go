@@ -277,13 +277,19 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	})
 
 	t.Run("scaling adds an endpoint", func(t *testing.T) {
+		before := time.Now()
 		runningPod(t, admin, ns, "product-2", "product", "10.1.0.2", meshed)
 		sl.Endpoints = append(sl.Endpoints, endpoint("10.1.0.2", "product-2"))
 		sl = must(admin.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}))(t)
-		pub.waitSnapshot(t, "two endpoints behind shop/product:80", func(s *model.Snapshot) bool {
+		s := pub.waitSnapshot(t, "two endpoints behind shop/product:80", func(s *model.Snapshot) bool {
 			eps := s.EndpointsFor(ns, "product", 80)
 			return eps != nil && len(eps.Endpoints) == 2 && eps.Endpoints[1].Workload == "product-2" && eps.Endpoints[1].InMesh
 		})
+		// The snapshot says when its first informer event came: after
+		// the change began, before the snapshot was handed over.
+		if s.ObservedAt.Before(before) || s.ObservedAt.After(time.Now()) {
+			t.Errorf("the snapshot says it was observed at %v; the change began at %v", s.ObservedAt, before)
+		}
 	})
 
 	t.Run("a burst of changes is coalesced", func(t *testing.T) {

@@ -33,8 +33,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -206,7 +206,12 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	}
 
 	changed := make(chan struct{}, 1)
+	// firstChange is when the first event not yet in a published
+	// snapshot came (Unix nanoseconds, 0 when none): the snapshot's
+	// ObservedAt.
+	var firstChange atomic.Int64
 	notify := func() {
+		firstChange.CompareAndSwap(0, time.Now().UnixNano())
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -240,9 +245,13 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	dc := newDecodeCache(rep.report)
 	var last *model.Snapshot
 	publishIfChanged := func() {
+		observed := firstChange.Swap(0)
 		snap := build(s.collect(w, dc))
-		if last != nil && reflect.DeepEqual(last, snap) {
+		if last != nil && last.SameMesh(snap) {
 			return
+		}
+		if observed != 0 {
+			snap.ObservedAt = time.Unix(0, observed)
 		}
 		last = snap
 		publish(snap)
@@ -252,6 +261,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	case <-changed:
 	default:
 	}
+	firstChange.Store(0)
 	publishIfChanged()
 
 	// Policy kinds whose CRDs are not installed yet are looked for again

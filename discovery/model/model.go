@@ -5,7 +5,9 @@ package model
 
 import (
 	"cmp"
+	"reflect"
 	"slices"
+	"time"
 
 	"github.com/minimesh/minimesh/policy"
 )
@@ -39,6 +41,23 @@ type Snapshot struct {
 	// values, keyed by URI. Sources never fill it: discovery/jwks does,
 	// so translation can inline keys without doing I/O itself.
 	JWKS map[string]string `json:"jwks,omitempty"`
+	// ObservedAt is when the source first saw the change this snapshot
+	// reflects (a file event, an informer event), or zero when it cannot
+	// say. It is not part of the mesh: SameMesh ignores it. The xDS
+	// server counts its debounce and its convergence times from it, so
+	// the time a source takes to build the snapshot is not added to them.
+	ObservedAt time.Time `json:"-"`
+}
+
+// SameMesh reports whether s and o describe the same mesh: deeply equal
+// apart from ObservedAt. Sources use it to publish only real changes.
+func (s *Snapshot) SameMesh(o *Snapshot) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	a, b := *s, *o
+	a.ObservedAt, b.ObservedAt = time.Time{}, time.Time{}
+	return reflect.DeepEqual(a, b)
 }
 
 // Namespace is a Kubernetes namespace.
