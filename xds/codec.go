@@ -49,19 +49,24 @@ func newRequestCodec(lists *nameLists) requestCodec {
 
 // Unmarshal implements encoding.CodecV2.
 func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	req, ok := v.(*discoveryv3.DiscoveryRequest)
-	if !ok {
+	switch v.(type) {
+	case *discoveryv3.DiscoveryRequest, *discoveryv3.DeltaDiscoveryRequest:
+	default:
 		return c.CodecV2.Unmarshal(data, v)
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer sc.release()
 	sc.in = slices.Grow(sc.in[:0], data.Len())[:data.Len()]
 	data.CopyTo(sc.in)
-	return c.lists.decode(sc, req)
+	if req, ok := v.(*discoveryv3.DiscoveryRequest); ok {
+		return c.lists.decode(sc, req)
+	}
+	return c.lists.decodeDelta(sc, v.(*discoveryv3.DeltaDiscoveryRequest))
 }
 
-// The field number of DiscoveryRequest.resource_names, and its tag as
-// encoders write it (one byte: field 3, wire type 2).
+// The field number of DiscoveryRequest.resource_names (and of
+// DeltaDiscoveryRequest.resource_names_subscribe), and its tag as encoders
+// write it (one byte: field 3, wire type 2).
 const (
 	resourceNamesField = 3
 	resourceNamesTag   = resourceNamesField<<3 | byte(protowire.BytesType)
@@ -134,6 +139,54 @@ func (sc *scratch) release() {
 // decode unmarshals sc.in into req as proto.Unmarshal does, taking
 // resource_names from the remembered lists.
 func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error {
+	list, err := l.decodeExceptNames(sc, req)
+	if list == nil || err != nil {
+		return err
+	}
+	req.ResourceNames = list.names
+	if req.GetTypeUrl() == resourcev3.EndpointType && !slices.Contains(list.names, "*") {
+		req.ResourceNames = l.standIn(list)
+	}
+	return nil
+}
+
+// decodeDelta unmarshals sc.in into req as proto.Unmarshal does, taking
+// resource_names_subscribe from the remembered lists. A delta sidecar
+// subscribes to every cluster's assignment in its first endpoint request;
+// the list is shown to go-control-plane as a stand-in, a token alone (see
+// standIn), so that its server keeps a one-entry set of subscribed names
+// per stream instead of a thousand names. The endpoint cache reads the
+// list from the token (deltaSubscribed) and gives a stream a set of its
+// own only when it subscribes to more or unsubscribes.
+func (l *nameLists) decodeDelta(sc *scratch, req *discoveryv3.DeltaDiscoveryRequest) error {
+	list, err := l.decodeExceptNames(sc, req)
+	if list == nil || err != nil {
+		return err
+	}
+	req.ResourceNamesSubscribe = list.names
+	if req.GetTypeUrl() == resourcev3.EndpointType && !slices.Contains(list.names, "*") {
+		req.ResourceNamesSubscribe = l.standIn(list)[1:]
+	}
+	return nil
+}
+
+// decodeExceptNames unmarshals the fields of sc.in other than field 3
+// into m and returns the list field 3 holds, or nil when it holds none.
+func (l *nameLists) decodeExceptNames(sc *scratch, m proto.Message) (*nameList, error) {
+	names, err := sc.split()
+	var list *nameList
+	if err == nil && len(names) > 0 {
+		list, err = l.list(names)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decoding a %s: %w", m.ProtoReflect().Descriptor().Name(), err)
+	}
+	return list, proto.Unmarshal(sc.rest, m)
+}
+
+// split separates sc.in into its resource-name fields (field 3), which it
+// returns, and its other fields, which it appends to sc.rest.
+func (sc *scratch) split() ([]byte, error) {
 	// Encoders write the names one after the other, so they are usually
 	// one run of fields in sc.in, used where it is; only names in
 	// several runs are gathered into sc.names.
@@ -147,18 +200,18 @@ func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error
 			for n < len(b) && b[n] == resourceNamesTag {
 				_, m := protowire.ConsumeBytes(b[n+1:])
 				if m < 0 {
-					return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(m))
+					return nil, protowire.ParseError(m)
 				}
 				n += 1 + m
 			}
 		} else {
 			num, typ, t := protowire.ConsumeTag(b)
 			if t < 0 {
-				return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(t))
+				return nil, protowire.ParseError(t)
 			}
 			m := protowire.ConsumeFieldValue(num, typ, b[t:])
 			if m < 0 {
-				return fmt.Errorf("decoding a DiscoveryRequest: %w", protowire.ParseError(m))
+				return nil, protowire.ParseError(m)
 			}
 			n = t + m
 			if num != resourceNamesField || typ != protowire.BytesType {
@@ -180,21 +233,7 @@ func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error
 		}
 		b = b[n:]
 	}
-	if err := proto.Unmarshal(sc.rest, req); err != nil {
-		return err
-	}
-	if len(names) == 0 {
-		return nil
-	}
-	list, err := l.list(names)
-	if err != nil {
-		return err
-	}
-	req.ResourceNames = list.names
-	if req.GetTypeUrl() == resourcev3.EndpointType && !slices.Contains(list.names, "*") {
-		req.ResourceNames = l.standIn(list)
-	}
-	return nil
+	return names, nil
 }
 
 // standIn returns what go-control-plane is shown instead of the names of
@@ -238,19 +277,41 @@ func (l *nameLists) standIn(list *nameList) []string {
 // whose list was forgotten since (two turnovers, see maxListedNames)
 // returns an error.
 func (l *nameLists) subscription(names []string) (real []string, set map[string]struct{}, ok bool, err error) {
-	if l == nil || len(names) != 2 || names[0] != "*" || !strings.HasPrefix(names[1], l.tokenPrefix) {
+	if l == nil || len(names) != 2 || names[0] != "*" {
+		return nil, nil, false, nil
+	}
+	return l.token(names[1])
+}
+
+// token returns the names, and their set, that a stand-in's token stands
+// for; ok is false when t is not a token.
+func (l *nameLists) token(t string) (real []string, set map[string]struct{}, ok bool, err error) {
+	if l == nil || !strings.HasPrefix(t, l.tokenPrefix) {
 		return nil, nil, false, nil
 	}
 	l.mu.RLock()
-	list := l.byToken[names[1]]
+	list := l.byToken[t]
 	if list == nil {
-		list = l.oldByToken[names[1]]
+		list = l.oldByToken[t]
 	}
 	l.mu.RUnlock()
 	if list == nil {
 		return nil, nil, true, errors.New("minimesh no longer remembers the endpoint names of this request (too many distinct lists); reconnect")
 	}
 	return list.names, list.set, true, nil
+}
+
+// deltaNames returns names, a delta request's resource_names_subscribe,
+// with a stand-in replaced by the names it stands for.
+func (l *nameLists) deltaNames(names []string) ([]string, error) {
+	if len(names) != 1 {
+		return names, nil
+	}
+	real, _, ok, err := l.token(names[0])
+	if !ok {
+		return names, nil
+	}
+	return real, err
 }
 
 // list returns the names encoded in wire (resource_names fields, each
@@ -276,7 +337,7 @@ func (l *nameLists) list(wire []byte) (*nameList, error) {
 			continue
 		}
 		if !utf8.Valid(r) {
-			return nil, fmt.Errorf("decoding a DiscoveryRequest: resource name %q is not valid UTF-8", r)
+			return nil, fmt.Errorf("resource name %q is not valid UTF-8", r)
 		}
 		names = append(names, string(r))
 	}

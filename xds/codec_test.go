@@ -210,12 +210,12 @@ func TestRequestCodecRefusesWhatProtoRefuses(t *testing.T) {
 }
 
 func TestRequestCodecLeavesOtherMessagesToProto(t *testing.T) {
-	want := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a"}}
+	want := &discoveryv3.DiscoveryResponse{TypeUrl: resourcev3.EndpointType, VersionInfo: "1", Nonce: "a"}
 	b, err := proto.Marshal(want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := &discoveryv3.DeltaDiscoveryRequest{}
+	got := &discoveryv3.DiscoveryResponse{}
 	if err := testCodec().Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
 		t.Fatal(err)
 	}
@@ -227,14 +227,30 @@ func TestRequestCodecLeavesOtherMessagesToProto(t *testing.T) {
 	}
 }
 
+// decodeDeltaWith is decodeWith for a delta request.
+func decodeDeltaWith(c requestCodec, b []byte) (*discoveryv3.DeltaDiscoveryRequest, error) {
+	half := len(b) / 2
+	req := &discoveryv3.DeltaDiscoveryRequest{}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:half]), mem.SliceBuffer(b[half:])}, req); err != nil {
+		return req, err
+	}
+	names, err := c.lists.deltaNames(req.ResourceNamesSubscribe)
+	req.ResourceNamesSubscribe = names
+	return req, err
+}
+
 // FuzzRequestCodec checks that the codec agrees with proto.Unmarshal on
-// any input: both refuse it, or both decode the same request.
+// any input, for both kinds of request: both refuse it, or both decode
+// the same request.
 func FuzzRequestCodec(f *testing.F) {
 	f.Add(interleaved())
 	f.Add(longTags())
 	f.Add([]byte{})
 	ack, _ := proto.Marshal(&discoveryv3.DiscoveryRequest{VersionInfo: "v", ResourceNames: []string{"a", "b"}, ResponseNonce: "1"})
 	f.Add(ack)
+	delta, _ := proto.Marshal(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "b"},
+		ResourceNamesUnsubscribe: []string{"c"}, InitialResourceVersions: map[string]string{"a": "1"}, ResponseNonce: "1"})
+	f.Add(delta)
 	f.Fuzz(func(t *testing.T, wire []byte) {
 		want := &discoveryv3.DiscoveryRequest{}
 		werr := proto.Unmarshal(wire, want)
@@ -245,7 +261,61 @@ func FuzzRequestCodec(f *testing.F) {
 		if werr == nil && !proto.Equal(want, got) {
 			t.Fatalf("decoded differently:\nproto: %v\ncodec: %v", want, got)
 		}
+		wantDelta := &discoveryv3.DeltaDiscoveryRequest{}
+		werr = proto.Unmarshal(wire, wantDelta)
+		gotDelta, gerr := decodeDeltaWith(testCodec("a"), wire)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("delta: proto.Unmarshal: %v; codec: %v", werr, gerr)
+		}
+		if werr == nil && !proto.Equal(wantDelta, gotDelta) {
+			t.Fatalf("delta decoded differently:\nproto: %v\ncodec: %v", wantDelta, gotDelta)
+		}
 	})
+}
+
+// A delta endpoint request's subscriptions are shown to go-control-plane
+// as a token alone, which stands for the list; other types, and lists
+// naming "*", are passed on as they are.
+func TestRequestCodecStandsInForDeltaEndpointNames(t *testing.T) {
+	c := testCodec()
+	encode := func(m *discoveryv3.DeltaDiscoveryRequest) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	full := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"b", "a"},
+		ResourceNamesUnsubscribe: []string{"c"}, ResponseNonce: "7"}
+	r, err := decodeDeltaWith(c, encode(full))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(full, r, protocmp.Transform()); diff != "" {
+		t.Errorf("with its stand-in read, the request differs (-want +got):\n%s", diff)
+	}
+	raw := &discoveryv3.DeltaDiscoveryRequest{}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(encode(full))}, raw); err != nil {
+		t.Fatal(err)
+	}
+	if len(raw.ResourceNamesSubscribe) != 1 || !strings.HasPrefix(raw.ResourceNamesSubscribe[0], c.lists.tokenPrefix) {
+		t.Fatalf("go-control-plane is shown %q, want one token", raw.ResourceNamesSubscribe)
+	}
+	if !slices.Equal(raw.ResourceNamesUnsubscribe, []string{"c"}) {
+		t.Errorf("unsubscriptions %q were changed", raw.ResourceNamesUnsubscribe)
+	}
+	for _, m := range []*discoveryv3.DeltaDiscoveryRequest{
+		{TypeUrl: resourcev3.ClusterType, ResourceNamesSubscribe: []string{"a", "b"}},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"*", "a"}},
+	} {
+		got := &discoveryv3.DeltaDiscoveryRequest{}
+		if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(encode(m))}, got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.ResourceNamesSubscribe, m.ResourceNamesSubscribe) {
+			t.Errorf("%s %q decoded as %q", m.TypeUrl, m.ResourceNamesSubscribe, got.ResourceNamesSubscribe)
+		}
+	}
 }
 
 func TestRequestCodecStandsInForEndpointNames(t *testing.T) {

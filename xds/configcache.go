@@ -26,9 +26,11 @@ type publishedType struct {
 	items   map[string]*publishedItem
 	sorted  []*publishedItem // by name
 	// deltaComplete is what a delta client holds after a response with
-	// every resource: each name with its resource version. Responses
-	// return copies of it (see respondConfigDelta).
+	// every resource: each name with its resource version. base is the
+	// same as a heldBase, which wildcard delta responses name (see
+	// respondConfigDelta); made on first use, under configCache.mu.
 	deltaComplete map[string]string
+	base          *heldBase
 }
 
 // typeOf returns p's resources of a type, nil when p is nil or has none.
@@ -114,6 +116,7 @@ type configCache struct {
 	mu     sync.Mutex
 	nodes  map[string]*configNode
 	nextID uint64
+	bases  *heldBases
 }
 
 type configNode struct {
@@ -139,7 +142,9 @@ func (w *configWatch) typeURL() string {
 
 var _ cachev3.Cache = (*configCache)(nil)
 
-func newConfigCache() *configCache { return &configCache{nodes: map[string]*configNode{}} }
+func newConfigCache() *configCache {
+	return &configCache{nodes: map[string]*configNode{}, bases: newHeldBases()}
+}
 
 func (c *configCache) node(id string) *configNode {
 	n := c.nodes[id]
@@ -222,6 +227,7 @@ func (c *configCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 	if !slices.Contains(configTypes, req.GetTypeUrl()) {
 		return nil, fmt.Errorf("the configuration cache does not serve %s", req.GetTypeUrl())
 	}
+	c.bases.unsubscribed(sub.ReturnedResources(), req.GetResourceNamesUnsubscribe())
 	return c.watch(req.GetNode().GetId(), &configWatch{delta: req, sub: sub, dout: out}), nil
 }
 
@@ -244,7 +250,7 @@ func (c *configCache) respond(n *configNode, w *configWatch, onCreate bool) bool
 	if w.sotw != nil {
 		return respondConfigSotw(pt, w, onCreate)
 	}
-	return respondConfigDelta(pt, w)
+	return c.respondConfigDelta(pt, w)
 }
 
 // respondConfigSotw answers, with every resource the client subscribes
@@ -315,15 +321,25 @@ func respondConfigSotw(pt *publishedType, w *configWatch, onCreate bool) bool {
 // respondConfigDelta answers with the resources whose versions differ from
 // what the client holds, and the removal of those it holds that are gone;
 // a wildcard client's first request is answered even when nothing is.
-func respondConfigDelta(pt *publishedType, w *configWatch) bool {
+//
+// After a response a wildcard client holds exactly the type's resources,
+// so its map names the type's heldBase, which every proxy of the group
+// shares, instead of holding a thousand clusters of its own. Called with
+// mu held.
+func (c *configCache) respondConfigDelta(pt *publishedType, w *configWatch) bool {
 	known := w.sub.ReturnedResources()
+	view := c.bases.view(known)
 	subscribed := w.sub.SubscribedResources()
 	wildcard := w.sub.IsWildcard()
+	first := wildcard && w.delta.GetResponseNonce() == ""
+	if wildcard && !first && view.base != nil && view.base == pt.base && view.onlyBase() {
+		return false // holds exactly this version
+	}
 	var changed []*discoveryv3.Resource
 	var removed []string
 	consider := func(name string) {
 		it, exists := pt.items[name]
-		held, isKnown := known[name]
+		held, isKnown := view.get(name)
 		switch {
 		case !exists:
 			if isKnown {
@@ -337,31 +353,29 @@ func respondConfigDelta(pt *publishedType, w *configWatch) bool {
 		for _, it := range pt.sorted {
 			consider(it.name)
 		}
-		for name := range known {
+		view.each(func(name string) {
 			if _, ok := pt.items[name]; !ok {
 				consider(name)
 			}
-		}
+		})
 	} else {
 		for _, name := range slices.Sorted(maps.Keys(subscribed)) {
 			consider(name)
 		}
 	}
-	first := wildcard && w.delta.GetResponseNonce() == ""
 	if len(changed) == 0 && len(removed) == 0 && !first {
 		return false
 	}
 	var returned map[string]string
 	if wildcard {
-		// After this response a wildcard client holds exactly every
-		// resource at its version. The map is the stream's own:
-		// go-control-plane writes to it when the client unsubscribes.
-		returned = maps.Clone(pt.deltaComplete)
-	} else {
-		returned = maps.Clone(known)
-		if returned == nil {
-			returned = map[string]string{}
+		// The map is the stream's own, and small: go-control-plane
+		// writes to it when the client unsubscribes.
+		if pt.base == nil {
+			pt.base = c.bases.make(pt.deltaComplete)
 		}
+		returned = map[string]string{heldBaseKey: pt.base.String()}
+	} else {
+		returned = view.flatten(len(changed))
 		for _, r := range changed {
 			returned[r.GetName()] = r.GetVersion()
 		}

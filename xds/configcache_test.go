@@ -171,8 +171,65 @@ func TestConfigCacheDelta(t *testing.T) {
 	if !slices.Equal(up, []string{"b", "c"}) || !slices.Equal(rm, []string{"a"}) {
 		t.Errorf("delta change: updated %v removed %v, want [b c] and [a]", up, rm)
 	}
-	if diff := cmp.Diff(v2.snap.VersionMap[resourcev3.ClusterType], r.GetReturnedResources()); diff != "" {
-		t.Errorf("returned versions differ from the snapshot's (-want +got):\n%s", diff)
+	if diff := cmp.Diff(v2.snap.VersionMap[resourcev3.ClusterType], c.bases.view(r.GetReturnedResources()).flatten(0)); diff != "" {
+		t.Errorf("what the returned map says the client holds differs from the snapshot's versions (-want +got):\n%s", diff)
+	}
+	// The map names the group's shared base and holds nothing else.
+	if len(r.GetReturnedResources()) != 1 || c.bases.of(r.GetReturnedResources()) != v2.types[resourcev3.ClusterType].base {
+		t.Errorf("returned map %q does not just name the type's shared base", r.GetReturnedResources())
+	}
+	// Another proxy of the group gets the same base in a map of its own.
+	other, ok := got(watch(nil, ""))
+	if !ok {
+		t.Fatal("no first response to a second proxy")
+	}
+	if c.bases.of(other.GetReturnedResources()) != c.bases.of(r.GetReturnedResources()) {
+		t.Error("two proxies holding the same version do not share its base")
+	}
+	if mapPointer(other.GetReturnedResources()) == mapPointer(r.GetReturnedResources()) {
+		t.Error("two delta streams were handed one returned map")
+	}
+	// Holding exactly the current version, an ACK is not answered.
+	if r, ok := got(watch(r.GetReturnedResources(), "2")); ok {
+		t.Errorf("an ACK of the current version was answered: %v", r)
+	}
+}
+
+// A wildcard delta client that unsubscribes a name it holds through the
+// shared base is told again whether it exists, as go-control-plane does
+// for a map of its own; the other proxies sharing the base are unaffected.
+func TestConfigCacheDeltaUnsubscribeFromSharedBase(t *testing.T) {
+	table := newResourceTable()
+	c := newConfigCache()
+	c.SetSnapshot("n", publishedClusters(t, table, "a", "b"))
+	request := func(sub *streamv3.Subscription, nonce string, unsubscribe ...string) chan cachev3.DeltaResponse {
+		t.Helper()
+		sub.UpdateResourceSubscriptions(nil, unsubscribe) // as go-control-plane's server does first
+		out := make(chan cachev3.DeltaResponse, 1)
+		req := &cachev3.DeltaRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: nonce, ResourceNamesUnsubscribe: unsubscribe, Node: &corev3.Node{Id: "n"}}
+		if _, err := c.CreateDeltaWatch(req, *sub, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	var subs [2]streamv3.Subscription
+	for i := range subs {
+		subs[i] = streamv3.NewDeltaSubscription(nil, nil, nil, true)
+		r, ok := got(request(&subs[i], ""))
+		if !ok {
+			t.Fatal("no first response")
+		}
+		subs[i].SetReturnedResources(r.GetReturnedResources())
+	}
+	r, ok := got(request(&subs[0], "1", "b"))
+	if !ok {
+		t.Fatal("unsubscribing b while subscribed to everything was not answered; b must be sent again")
+	}
+	if up, rm := deltaNames(r); !slices.Equal(up, []string{"b"}) || len(rm) != 0 {
+		t.Fatalf("unsubscribing b while subscribed to everything: got %v removed %v, want b sent again", up, rm)
+	}
+	if r, ok := got(request(&subs[1], "1")); ok {
+		t.Errorf("the other proxy's ACK was answered: %v", r)
 	}
 }
 

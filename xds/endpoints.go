@@ -45,8 +45,8 @@ type endpointCache struct {
 	// so that the names a thousand sidecars send in their requests (every
 	// cluster's, in each state-of-the-world request) are kept once.
 	names atomic.Pointer[map[string]string]
-	// lists are the name lists of state-of-the-world requests, which
-	// requestCodec decodes and the caches read (see nameLists.standIn).
+	// lists are the name lists of requests, which requestCodec decodes
+	// and the caches read (see nameLists.standIn).
 	lists *nameLists
 }
 
@@ -84,21 +84,6 @@ func (e *endpointCache) canonical(b []byte) (string, bool) {
 	}
 	s, ok := (*m)[string(b)]
 	return s, ok
-}
-
-// intern replaces each of names that is an assignment's name by the
-// cache's copy of it. Names it does not know are left as they are, so a
-// client cannot grow the table.
-func (e *endpointCache) intern(names []string) {
-	m := e.names.Load()
-	if m == nil {
-		return
-	}
-	for i, n := range names {
-		if c, ok := (*m)[n]; ok {
-			names[i] = c
-		}
-	}
 }
 
 // edsMuxKey is the MuxCache key of a flavour's assignments.
@@ -228,6 +213,12 @@ type assignmentCache struct {
 	// exact remembers which request name lists name exactly the
 	// names of which held sets (see holdsExactly).
 	exact map[exactKey]exactPair
+	// bases are what delta clients hold (see heldBase), and
+	// transitions the responses of this version that led from one to
+	// another (see nextBase); they are forgotten when the version
+	// changes.
+	bases       *heldBases
+	transitions map[*heldBase][]deltaTransition
 }
 
 // exactKey identifies a request's name list (as requestCodec shares it)
@@ -278,7 +269,9 @@ type edsWatch struct {
 	dout  chan cachev3.DeltaResponse
 	// What a state-of-the-world watch subscribes to: the request's
 	// names (or those its stand-in stands for), their set, and whether
-	// it is a wildcard watch.
+	// it is a wildcard watch. For a delta watch: the names the request
+	// subscribes to (stand-ins read) and the set of all the stream
+	// subscribes to (see deltaSubscribed).
 	names      []string
 	subscribed map[string]struct{}
 	wildcard   bool
@@ -293,7 +286,7 @@ var _ cachev3.Cache = (*assignmentCache)(nil)
 func newAssignmentCache(prefix string) *assignmentCache {
 	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
 		heldSets: map[uint64][]map[string]string{}, heldByID: map[uint64]map[string]string{}, heldID: map[unsafe.Pointer]uint64{},
-		exact: map[exactKey]exactPair{}}
+		exact: map[exactKey]exactPair{}, bases: newHeldBases()}
 }
 
 func (c *assignmentCache) versionString(n uint64) string { return c.prefix + strconv.FormatUint(n, 10) }
@@ -336,6 +329,7 @@ func (c *assignmentCache) update(checked map[string]checkedAssignment, at time.T
 	slices.Sort(gone)
 	if len(modified) > 0 || !c.opened {
 		c.version++
+		c.transitions = nil
 		change := edsChange{version: c.version, at: at, names: make(map[string]bool, len(modified))}
 		for _, name := range modified {
 			ca := checked[name]
@@ -369,6 +363,7 @@ func (c *assignmentCache) remove(names []string) {
 	}
 	if len(del) > 0 {
 		c.version++
+		c.transitions = nil
 		c.record(edsChange{version: c.version, removed: del})
 		c.notify(del)
 	}
@@ -625,16 +620,16 @@ const deltaSynced = "\x00minimesh:synced"
 // when the stream's map does not say since when it is complete or the
 // history no longer reaches back that far (then everything is compared).
 // The result is not nil otherwise, even when empty. Called with mu held.
-func (c *assignmentCache) dueSince(known map[string]string, req *cachev3.DeltaRequest) []string {
+func (c *assignmentCache) dueSince(known map[string]string, subscribe, unsubscribe []string) []string {
 	since, err := strconv.ParseUint(known[deltaSynced], 10, 64)
 	if err != nil || len(c.history) == 0 || c.history[0].version > since+1 ||
-		slices.Contains(req.GetResourceNamesSubscribe(), "*") || slices.Contains(req.GetResourceNamesUnsubscribe(), "*") {
+		slices.Contains(subscribe, "*") || slices.Contains(unsubscribe, "*") {
 		// Also when the request changes to or from everything.
 		return nil
 	}
-	due := make([]string, 0, len(req.GetResourceNamesSubscribe())+len(req.GetResourceNamesUnsubscribe()))
-	due = append(due, req.GetResourceNamesSubscribe()...)
-	due = append(due, req.GetResourceNamesUnsubscribe()...)
+	due := make([]string, 0, len(subscribe)+len(unsubscribe))
+	due = append(due, subscribe...)
+	due = append(due, unsubscribe...)
 	for _, ch := range c.history {
 		if ch.version <= since {
 			continue
@@ -648,28 +643,46 @@ func (c *assignmentCache) dueSince(known map[string]string, req *cachev3.DeltaRe
 	return slices.Compact(due)
 }
 
-// deltaReturned is known with changed set to their versions and removed
-// deleted: the versions a delta client holds after the response. known is
-// the stream's own map, which go-control-plane's delta server made from the
-// first request or took from this cache's previous response to the stream,
-// and it is updated in place rather than copied: a thousand sidecars
-// would otherwise copy a thousand entries each per endpoint change. That
-// is safe because the delta server sends every response a watch is
-// answered with (none is dropped), reads and writes the map only in the
-// stream's goroutine after cancelling the watch (which takes mu, held
-// here), and answers a watch at most once. The map must never be another
-// stream's: go-control-plane writes to it when the client unsubscribes.
-func deltaReturned(known map[string]string, changed []*assignment, removed []string) map[string]string {
-	if known == nil {
-		known = make(map[string]string, len(changed))
+// deltaTransition is a base a delta response led to (see nextBase).
+type deltaTransition struct {
+	changed []*assignment
+	removed []string
+	to      *heldBase
+}
+
+// nextBase returns the base a delta client holds after a response sending
+// changed (sorted by name) and removing removed (sorted) to a client that
+// held view. Every proxy of a group holds the same base and is sent the
+// same change, so the transition is remembered for the cache's version
+// (transitions) and the group's proxies share the base it leads to; the
+// thousand entries of a sidecar's map are made once per group, not per
+// proxy. A client holding something of its own (unsubscribed names, the
+// versions it reconnected with) gets a base of its own. Called with mu
+// held.
+func (c *assignmentCache) nextBase(view heldView, changed []*assignment, removed []string) *heldBase {
+	shared := view.onlyBase()
+	if shared {
+		for _, t := range c.transitions[view.base] {
+			if slices.Equal(t.changed, changed) && slices.Equal(t.removed, removed) {
+				return t.to
+			}
+		}
 	}
+	versions := view.flatten(len(changed))
 	for _, a := range changed {
-		known[a.name] = a.hash
+		versions[a.name] = a.hash
 	}
 	for _, n := range removed {
-		delete(known, n)
+		delete(versions, n)
 	}
-	return known
+	b := c.bases.make(versions)
+	if shared {
+		if c.transitions == nil {
+			c.transitions = map[*heldBase][]deltaTransition{}
+		}
+		c.transitions[view.base] = append(c.transitions[view.base], deltaTransition{changed: slices.Clone(changed), removed: slices.Clone(removed), to: b})
+	}
+	return b
 }
 
 // respondDelta answers a delta watch. Delta clients name the version of
@@ -677,16 +690,17 @@ func deltaReturned(known map[string]string, changed []*assignment, removed []str
 // removal is sent for a subscribed assignment that is gone.
 func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bool) bool {
 	known := w.sub.ReturnedResources()
-	subscribed := w.sub.SubscribedResources()
+	view := c.bases.view(known)
+	subscribed := w.subscribed
 	wildcard := w.sub.IsWildcard()
 	if candidates == nil && !even {
-		candidates = c.dueSince(known, w.delta)
+		candidates = c.dueSince(known, w.names, w.delta.GetResourceNamesUnsubscribe())
 	}
 	var changed []*assignment
 	var removed []string
 	consider := func(n string) {
 		a, exists := c.items[n]
-		held, isKnown := known[n]
+		held, isKnown := view.get(n)
 		switch {
 		case !exists:
 			if isKnown {
@@ -703,11 +717,11 @@ func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bo
 		for n := range c.items {
 			consider(n)
 		}
-		for n := range known {
-			if _, ok := c.items[n]; !ok && n != deltaSynced {
+		view.each(func(n string) {
+			if _, ok := c.items[n]; !ok {
 				consider(n)
 			}
-		}
+		})
 	default:
 		for n := range subscribed {
 			consider(n)
@@ -719,14 +733,18 @@ func (c *assignmentCache) respondDelta(w *edsWatch, candidates []string, even bo
 		}
 		return false
 	}
-	returned := deltaReturned(known, changed, removed)
-	returned[deltaSynced] = strconv.FormatUint(c.version, 10)
 	slices.SortFunc(changed, func(a, b *assignment) int { return strings.Compare(a.name, b.name) })
+	slices.Sort(removed)
+	// The stream's new map is its own (go-control-plane writes to it)
+	// and small: what it holds is in the base.
+	returned := map[string]string{
+		deltaSynced: strconv.FormatUint(c.version, 10),
+		heldBaseKey: c.nextBase(view, changed, removed).String(),
+	}
 	res := make([]*discoveryv3.Resource, len(changed))
 	for i, a := range changed {
 		res[i] = a.delta
 	}
-	slices.Sort(removed)
 	w.dout <- &edsDeltaResponse{req: w.delta, version: c.versionString(c.version), resources: res, removed: removed, returned: returned}
 	return true
 }
@@ -776,7 +794,71 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 	}
 	// Envoy waits for an answer to its first wildcard request.
 	even := sub.IsWildcard() && req.GetResponseNonce() == ""
-	return c.watch(&edsWatch{delta: req, sub: sub, dout: out, replyEvenIfEmpty: even}), nil
+	subscribed, err := c.deltaSubscribed(sub, req)
+	if err != nil {
+		return nil, err
+	}
+	subscribe, err := c.lists.deltaNames(req.GetResourceNamesSubscribe())
+	if err != nil {
+		return nil, err
+	}
+	c.bases.unsubscribed(sub.ReturnedResources(), req.GetResourceNamesUnsubscribe())
+	return c.watch(&edsWatch{delta: req, sub: sub, dout: out, replyEvenIfEmpty: even,
+		subscribed: subscribed, names: subscribe}), nil
+}
+
+// deltaSubscribed returns the names a delta stream subscribes to, after
+// go-control-plane's server applied req to its set of them.
+//
+// That set holds the token of a stand-in in place of the names it stands
+// for (see nameLists.decodeDelta). A set of just one token, the usual
+// state of a sidecar's stream, is read as the token's list, whose set
+// every stream subscribing to that list shares. A stream that then
+// subscribes to more or unsubscribes gets a set of its own: the token is
+// replaced, in go-control-plane's set, by its names, less those req
+// unsubscribes (go-control-plane could not remove them). The set is the
+// stream's and this is its goroutine, which writes to it anyway. After
+// each request the set is one token or holds none.
+func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3.DeltaRequest) (map[string]struct{}, error) {
+	set := sub.SubscribedResources()
+	switch {
+	case len(set) == 1:
+		for t := range set {
+			_, shared, ok, err := c.lists.token(t)
+			if !ok || err != nil {
+				return set, err
+			}
+			if len(req.GetResourceNamesUnsubscribe()) == 0 {
+				return shared, nil
+			}
+		}
+	case len(set) > 1 && len(req.GetResourceNamesSubscribe()) > 0:
+		// New subscriptions: a token among them, or added to one.
+	default:
+		return set, nil
+	}
+	var tokens []string
+	for n := range set {
+		if _, _, ok, _ := c.lists.token(n); ok {
+			tokens = append(tokens, n)
+		}
+	}
+	for _, t := range tokens {
+		names, _, _, err := c.lists.token(t)
+		if err != nil {
+			return nil, err
+		}
+		delete(set, t)
+		for _, n := range names {
+			set[n] = struct{}{}
+		}
+	}
+	if len(tokens) > 0 {
+		for _, n := range req.GetResourceNamesUnsubscribe() {
+			delete(set, n)
+		}
+	}
+	return set, nil
 }
 
 // Fetch implements cachev3.ConfigFetcher; minimesh serves ADS streams only.

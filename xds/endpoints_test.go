@@ -14,6 +14,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -270,8 +271,8 @@ func TestAssignmentCacheDelta(t *testing.T) {
 	if up, rm := deltaNames(r); len(up) != 0 || !slices.Equal(rm, []string{"b"}) {
 		t.Errorf("removal response: updated %v removed %v, want removed [b]", up, rm)
 	}
-	if _, ok := r.GetReturnedResources()["b"]; ok {
-		t.Error("the returned map still lists b")
+	if _, ok := c.bases.view(r.GetReturnedResources()).get("b"); ok {
+		t.Error("the returned map still says the proxy holds b")
 	}
 }
 
@@ -385,23 +386,45 @@ type errTest string
 func (e errTest) Error() string { return string(e) }
 
 // The endpoint cache interns the names proxies send.
-func TestEndpointCacheInternsNames(t *testing.T) {
+// The codec hands out the cache's copy of every name it knows, in both
+// kinds of request, so a thousand sidecars' requests hold no copies.
+func TestRequestCodecInternsNames(t *testing.T) {
 	e := newEndpointCache()
-	if _, err := e.flavor("envoy").update(checkedCLAs(t, map[string]string{"outbound|80||a.ns.svc.cluster.local": "10.0.0.1"}), time.Time{}); err != nil {
+	const known = "outbound|80||a.ns.svc.cluster.local"
+	if _, err := e.flavor("envoy").update(checkedCLAs(t, map[string]string{known: "10.0.0.1"}), time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	e.refreshNames()
-	req := &discoveryv3.DiscoveryRequest{ResourceNames: []string{string([]byte("outbound|80||a.ns.svc.cluster.local")), "unknown"}}
-	e.intern(req.ResourceNames)
 	var held string
 	for n := range e.flavor("envoy").items {
 		held = n
 	}
-	if unsafeData(req.ResourceNames[0]) != unsafeData(held) {
-		t.Error("a known name was not replaced by the cache's copy")
-	}
-	if req.ResourceNames[1] != "unknown" {
-		t.Error("an unknown name was changed")
+	codec := newRequestCodec(e.lists)
+	for _, m := range []proto.Message{
+		&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResourceNames: []string{known, "unknown"}},
+		&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResourceNamesSubscribe: []string{known, "unknown"}},
+	} {
+		wire, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := m.ProtoReflect().New().Interface()
+		if err := codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(wire)}, got); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		switch r := got.(type) {
+		case *discoveryv3.DiscoveryRequest:
+			names = r.ResourceNames
+		case *discoveryv3.DeltaDiscoveryRequest:
+			names = r.ResourceNamesSubscribe
+		}
+		if len(names) != 2 || unsafeData(names[0]) != unsafeData(held) {
+			t.Errorf("%T: a known name was not the cache's copy: %q", got, names)
+		}
+		if len(names) == 2 && names[1] != "unknown" {
+			t.Errorf("%T: an unknown name was changed: %q", got, names)
+		}
 	}
 }
 

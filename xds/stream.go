@@ -264,9 +264,6 @@ func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discov
 	defer budget.close()
 	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
-		if r.GetTypeUrl() == resourcev3.EndpointType {
-			a.s.eds.intern(r.ResourceNamesSubscribe)
-		}
 	})
 	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate, budget, reqs})
 }
@@ -626,6 +623,10 @@ func (s *Server) noteClaim(st *stream, ts *typeState, req request) {
 		}
 		var names []string
 		if sub := req.delta.GetResourceNamesSubscribe(); len(sub) > 0 && !slices.Contains(sub, "*") {
+			// An endpoint request's names may be a stand-in.
+			if real, err := s.eds.lists.deltaNames(sub); err == nil {
+				sub = real
+			}
 			names = slices.Clone(sub)
 		}
 		ts.claim = &deltaClaim{names: names, versions: maps.Clone(req.delta.GetInitialResourceVersions())}
