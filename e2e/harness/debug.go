@@ -80,7 +80,7 @@ func (m *Mesh) ExplainAllow(ctx context.Context, workload, caller string) string
 	if err := m.DebugJSON(ctx, "/debug/config_dump?proxy="+url.QueryEscape(node), &dump); err != nil {
 		return "meshd's view unavailable: " + err.Error()
 	}
-	allow := map[string][]string{} // rule name → principals it admits
+	allow := map[string][]principal{} // rule name → principals it admits
 	collectAllowRules(dump, allow)
 	if len(allow) == 0 {
 		return "meshd sends " + workload + " no ALLOW rule"
@@ -89,13 +89,15 @@ func (m *Mesh) ExplainAllow(ctx context.Context, workload, caller string) string
 	admitted := false
 	for _, name := range slices.Sorted(maps.Keys(allow)) {
 		ps := allow[name]
-		if slices.Contains(ps, caller) {
-			admitted = true
+		var shown []string
+		for _, p := range ps {
+			admitted = admitted || p.matches(caller)
+			shown = append(shown, p.String())
 		}
 		if len(ps) == 0 {
-			ps = []string{"any caller"}
+			shown = []string{"any caller"}
 		}
-		parts = append(parts, name+" admits "+strings.Join(ps, ", "))
+		parts = append(parts, name+" admits "+strings.Join(shown, ", "))
 	}
 	verdict := "none admits " + caller
 	if admitted {
@@ -104,18 +106,53 @@ func (m *Mesh) ExplainAllow(ctx context.Context, workload, caller string) string
 	return "meshd's ALLOW rules for " + workload + ": " + strings.Join(parts, "; ") + "; " + verdict
 }
 
+// principal is one principal matcher of an RBAC policy: the SPIFFE IDs
+// it admits, as Envoy's StringMatcher says.
+type principal struct {
+	kind  string // exact, prefix, suffix, contains, or safeRegex (not evaluated)
+	value string
+}
+
+func (p principal) String() string {
+	switch p.kind {
+	case "exact":
+		return p.value
+	case "prefix":
+		return p.value + "*"
+	case "suffix":
+		return "*" + p.value
+	case "contains":
+		return "*" + p.value + "*"
+	}
+	return p.kind + " " + p.value
+}
+
+func (p principal) matches(id string) bool {
+	switch p.kind {
+	case "exact":
+		return id == p.value
+	case "prefix":
+		return strings.HasPrefix(id, p.value)
+	case "suffix":
+		return strings.HasSuffix(id, p.value)
+	case "contains":
+		return strings.Contains(id, p.value)
+	}
+	return false // a regular expression: not evaluated here
+}
+
 // collectAllowRules finds the RBAC configurations in a config dump (JSON)
-// whose action is ALLOW and records, per policy name, the exact principal
-// names its rules match.
-func collectAllowRules(v any, out map[string][]string) {
+// whose action is ALLOW and records, per policy name, the principal
+// matchers of its rules.
+func collectAllowRules(v any, out map[string][]principal) {
 	switch t := v.(type) {
 	case map[string]any:
 		if policies, ok := t["policies"].(map[string]any); ok {
 			if action, _ := t["action"].(string); action == "" || action == "ALLOW" {
 				for name, p := range policies {
-					var ps []string
+					var ps []principal
 					collectPrincipals(p, &ps)
-					slices.Sort(ps)
+					slices.SortFunc(ps, func(a, b principal) int { return strings.Compare(a.String(), b.String()) })
 					out[name] = slices.Compact(ps)
 				}
 			}
@@ -131,14 +168,19 @@ func collectAllowRules(v any, out map[string][]string) {
 	}
 }
 
-// collectPrincipals appends the exact SPIFFE IDs a policy's principals
-// match.
-func collectPrincipals(v any, out *[]string) {
+// collectPrincipals appends the principal-name matchers of a policy.
+func collectPrincipals(v any, out *[]principal) {
 	switch t := v.(type) {
 	case map[string]any:
 		if pn, ok := t["principalName"].(map[string]any); ok {
-			if exact, ok := pn["exact"].(string); ok {
-				*out = append(*out, exact)
+			for _, kind := range []string{"exact", "prefix", "suffix", "contains"} {
+				if value, ok := pn[kind].(string); ok {
+					*out = append(*out, principal{kind, value})
+				}
+			}
+			if re, ok := pn["safeRegex"].(map[string]any); ok {
+				regex, _ := re["regex"].(string)
+				*out = append(*out, principal{"safeRegex", regex})
 			}
 		}
 		for _, c := range t {
