@@ -60,6 +60,10 @@ type resolver struct {
 	src  discovery.Source
 	opts Options
 
+	// emitMu orders emits: a copy is published before the next is made,
+	// so a fetch's copy of an older snapshot cannot be published after
+	// the source's newer one.
+	emitMu  sync.Mutex
 	mu      sync.Mutex
 	last    *model.Snapshot
 	keys    map[string]string // uri → last good key set
@@ -107,6 +111,8 @@ func uris(s *model.Snapshot) map[string][]policy.Problem {
 // emit publishes a copy of the last snapshot with the known keys, as a
 // change observed at observed: the source's change, or a new key set.
 func (r *resolver) emit(observed time.Time) {
+	r.emitMu.Lock()
+	defer r.emitMu.Unlock()
 	r.mu.Lock()
 	s := r.last
 	if s == nil {

@@ -103,3 +103,51 @@ func TestFetchRefusesBadBodies(t *testing.T) {
 		})
 	}
 }
+
+// A fetch that publishes its copy of an older snapshot must not do so
+// after the source published a newer one: the newer would be lost until
+// the next change.
+func TestEmitsAreOrdered(t *testing.T) {
+	r := Wrap(nil, Options{}).(*resolver)
+	older, newer := snapshotFor("https://a.example/keys"), snapshotFor("https://b.example/keys")
+	var mu sync.Mutex
+	var published []*model.Snapshot
+	entered, release, second := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	r.publish = func(s *model.Snapshot) {
+		first := calls.Add(1) == 1
+		if first {
+			close(entered) // the fetch's emit, slow to hand its copy over
+			<-release
+		}
+		mu.Lock()
+		published = append(published, s)
+		mu.Unlock()
+		if !first {
+			close(second)
+		}
+	}
+	r.last = older
+	fetchDone := make(chan struct{})
+	go func() { defer close(fetchDone); r.emit(time.Now()) }()
+	<-entered
+	r.mu.Lock()
+	r.last = newer
+	r.mu.Unlock()
+	sourceDone := make(chan struct{})
+	go func() { defer close(sourceDone); r.emit(time.Now()) }()
+	select {
+	case <-second: // published while the older copy is on its way: the bug
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	<-fetchDone
+	<-sourceDone
+	mu.Lock()
+	defer mu.Unlock()
+	// The copies were handed over in the order they were made.
+	if len(published) != 2 || published[0].Policies.RequestAuthentications[0] != older.Policies.RequestAuthentications[0] ||
+		published[1].Policies.RequestAuthentications[0] != newer.Policies.RequestAuthentications[0] {
+		t.Errorf("the snapshots were not published oldest first, newest last (%d published)", len(published))
+	}
+}
