@@ -8,6 +8,7 @@ package discovery
 
 import (
 	"context"
+	"time"
 
 	"github.com/minimesh/minimesh/discovery/model"
 )
@@ -17,4 +18,20 @@ import (
 // first full load and after every change.
 type Source interface {
 	Run(ctx context.Context, publish func(*model.Snapshot)) error
+}
+
+// Observer is told when a source sees a change, at the time it saw it,
+// before the source builds the snapshot that reflects it (which may turn
+// out to be the same mesh, and then is not published). The xDS server
+// debounces pushes on these, as Istio debounces events before it builds
+// anything: a push waits for quiet since the latest change seen, not since
+// the latest snapshot built. It must not block. Sources that stamp
+// Snapshot.ObservedAt call it; nil means nobody listens.
+type Observer func(at time.Time)
+
+// Observe calls o if it is set.
+func (o Observer) Observe(at time.Time) {
+	if o != nil {
+		o(at)
+	}
 }

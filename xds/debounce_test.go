@@ -213,6 +213,24 @@ func TestDebounce(t *testing.T) {
 			want: []pushAt{{At: 150 * ms, Count: 2}},
 		},
 		{
+			// A source 75 ms behind a change every 85 ms: the changes,
+			// reported as they are seen (Server.Observe), keep the
+			// window open, so the late snapshots merge into one push.
+			name:   "changes observed as they happen hold a trickle of late snapshots together",
+			events: []int{0, 0, 85, 85, 170, 170, 255, 255}, late: map[int]int{1: 75, 3: 75, 5: 75, 7: 75},
+			after: 100 * ms, max: time.Second,
+			want: []pushAt{{At: 355 * ms, Count: 8}},
+		},
+		{
+			// The same snapshots from a source that does not report
+			// changes as it sees them: each arrives after the quiet
+			// period of its change and is pushed on its own.
+			name:   "late snapshots alone are pushed one by one",
+			events: []int{0, 85, 170}, late: map[int]int{0: 75, 1: 75, 2: 75},
+			after: 100 * ms, max: time.Second,
+			want: []pushAt{{At: 100 * ms, Count: 1}, {At: 185 * ms, Count: 1, First: 85 * ms}, {At: 270 * ms, Count: 1, First: 170 * ms}},
+		},
+		{
 			name:   "zero quiet period pushes every event",
 			events: []int{0, 10},
 			after:  0, max: 0,
@@ -278,6 +296,13 @@ func TestUpdateCountsFromWhenTheChangeWasObserved(t *testing.T) {
 		e := <-s.events
 		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 {
 			t.Errorf("%s: Update of a snapshot observed at %v queued %+v (Update ran from %v to %v)", tt.name, tt.observed, e, before, after)
+		}
+		before = time.Now()
+		s.Observe(tt.observed)
+		after = time.Now()
+		e = <-s.events
+		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 {
+			t.Errorf("%s: Observe(%v) queued %+v (Observe ran from %v to %v)", tt.name, tt.observed, e, before, after)
 		}
 	}
 }

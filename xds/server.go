@@ -293,6 +293,9 @@ const budgetMaxWait = 5 * time.Second
 // is set and not in the future: the debounce window and the convergence
 // times then include the time the source took to build the snapshot, as
 // they do in Istio, where events are debounced before anything is built.
+// A source that sets ObservedAt must also report each change as it sees it
+// (Observe), so that the quiet period also waits for changes it is still
+// building.
 func (s *Server) Update(snap *model.Snapshot) {
 	at := time.Now()
 	if snap != nil && !snap.ObservedAt.IsZero() && snap.ObservedAt.Before(at) {
@@ -301,8 +304,23 @@ func (s *Server) Update(snap *model.Snapshot) {
 	s.mu.Lock()
 	s.model = snap
 	s.mu.Unlock()
+	s.enqueue(event{first: at, last: at, count: 1})
+}
+
+// Observe is told that a source saw a change at the given time (see
+// discovery.Observer): the change extends the debounce window, and the
+// push reads whatever snapshot is the latest then. It is cheap and never
+// blocks.
+func (s *Server) Observe(at time.Time) {
+	if now := time.Now(); at.IsZero() || at.After(now) {
+		at = now
+	}
+	s.enqueue(event{first: at, last: at, count: 1})
+}
+
+func (s *Server) enqueue(e event) {
 	select {
-	case s.events <- event{first: at, last: at, count: 1}:
+	case s.events <- e:
 	default:
 		// The queue is full of earlier changes; their push reads the
 		// latest model, which includes this one.

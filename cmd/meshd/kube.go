@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/minimesh/minimesh/discovery"
 	kubesource "github.com/minimesh/minimesh/discovery/kubernetes"
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/auth/tokenreview"
@@ -66,7 +67,7 @@ type kubeParts struct {
 // --xds-auth=kubernetes, the TokenReview authenticator, sharing one client.
 // client-go's own logs (klog) are routed through log, so they have meshd's
 // format and level. Nothing contacts the API server yet.
-func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Registerer, log *slog.Logger) (*kubeParts, error) {
+func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Registerer, log *slog.Logger, observe discovery.Observer) (*kubeParts, error) {
 	klog.SetSlogLogger(log.With("component", "client-go"))
 	rc, err := kubeRESTConfig(cfg)
 	if err != nil {
@@ -99,6 +100,7 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 		Logger:         log.With("source", "kubernetes"),
 		InvalidObjects: invalid,
 		EventRecorder:  recorder,
+		Observe:        observe,
 	})
 	if err != nil {
 		broadcaster.Shutdown()

@@ -252,8 +252,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	var src discovery.Source
 	var authn auth.Authenticator = auth.None{}
+	// The source reports changes as it sees them to the xDS server's
+	// debounce, which starts below, before the source runs.
+	var srv *xds.Server
+	observe := discovery.Observer(func(at time.Time) {
+		if srv != nil {
+			srv.Observe(at)
+		}
+	})
 	if cfg.kubeMode() {
-		kube, err := newKubeParts(ctx, cfg, registry, log)
+		kube, err := newKubeParts(ctx, cfg, registry, log, observe)
 		if err != nil {
 			return err
 		}
@@ -263,7 +271,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			authn = kube.authn
 		}
 	} else {
-		src = file.New(cfg.ConfigDir, file.Options{}, log.With("source", "file"))
+		src = file.New(cfg.ConfigDir, file.Options{Observe: observe}, log.With("source", "file"))
 	}
 	// Key sets named by jwksUri are fetched here, so proxies need no egress
 	// and translation does no I/O.
@@ -283,7 +291,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		authn = tokens
 	}
-	srv, err := xds.New(xds.Options{
+	srv, err = xds.New(xds.Options{
 		Addr:          cfg.XDSAddr,
 		DebounceAfter: cfg.DebounceAfter,
 		DebounceMax:   cfg.DebounceMax,

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	sigsjson "sigs.k8s.io/json"
 
+	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/convert"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
@@ -27,6 +28,9 @@ type Options struct {
 	// DefaultNamespace is the namespace of namespaced objects whose
 	// metadata names none, as `kubectl apply -n` would. Empty means "default".
 	DefaultNamespace string
+	// Observe is told of every change a Source sees in its directory,
+	// when it sees it (see discovery.Observer). Build does not use it.
+	Observe discovery.Observer
 }
 
 func (o Options) defaultNamespace() string {

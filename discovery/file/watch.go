@@ -97,8 +97,11 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	// firstPending is when the first event of the coming reload arrived;
 	// unread when that of a change a failed reload could not read did.
 	var firstPending, unread time.Time
+	// arm is called for every change: it tells the observer and starts
+	// (or shortens) the wait before the reload.
 	arm := func(d time.Duration) {
 		now := time.Now()
+		s.opts.Observe.Observe(now)
 		if firstPending.IsZero() {
 			firstPending = now
 		}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,7 +75,14 @@ func TestSourceWatches(t *testing.T) {
 	write(t, a, nsYAML("a", "v: one"))
 	write(t, filepath.Join(dir, "notes.txt"), "not a manifest")
 
-	src := New(dir, Options{}, slog.New(slog.DiscardHandler))
+	var observedMu sync.Mutex
+	var observed []time.Time
+	observe := func(at time.Time) {
+		observedMu.Lock()
+		observed = append(observed, at)
+		observedMu.Unlock()
+	}
+	src := New(dir, Options{Observe: observe}, slog.New(slog.DiscardHandler))
 	src.quiet = 10 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan *model.Snapshot, 100)
@@ -93,10 +101,16 @@ func TestSourceWatches(t *testing.T) {
 	write(t, a, nsYAML("a", "v: two"))
 	s := waitFor(t, ch, "an edit", hasNamespaces("a v=two"))
 	// The snapshot says when the file event came, which is after the
-	// write began and before the snapshot was handed over.
+	// write began and before the snapshot was handed over; the observer
+	// was told of it then.
 	if s.ObservedAt.Before(before) || s.ObservedAt.After(time.Now()) {
 		t.Errorf("the edit's snapshot says it was observed at %v; the write began at %v", s.ObservedAt, before)
 	}
+	observedMu.Lock()
+	if !slices.ContainsFunc(observed, func(at time.Time) bool { return at.Equal(s.ObservedAt) }) {
+		t.Errorf("the observer was told of changes at %v, not of the edit's at %v", observed, s.ObservedAt)
+	}
+	observedMu.Unlock()
 
 	// A new subdirectory is watched too, including files written into it
 	// right after it was created.

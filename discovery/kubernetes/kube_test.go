@@ -251,7 +251,13 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 	}, metav1.CreateOptions{}))(t)
 
 	invalid := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "invalid_total"}, []string{"kind"})
-	pub := startSource(t, meshdConfig(t, env), invalid)
+	var observedMu sync.Mutex
+	var observed []time.Time
+	pub := startSourceWith(t, kubernetes.Options{Config: meshdConfig(t, env), InvalidObjects: invalid, Observe: func(at time.Time) {
+		observedMu.Lock()
+		observed = append(observed, at)
+		observedMu.Unlock()
+	}})
 
 	first := pub.waitSnapshot(t, "anything", func(*model.Snapshot) bool { return true })
 	svc := first.Service(ns, "product")
@@ -286,10 +292,16 @@ func TestSourceAgainstAPIServer(t *testing.T) {
 			return eps != nil && len(eps.Endpoints) == 2 && eps.Endpoints[1].Workload == "product-2" && eps.Endpoints[1].InMesh
 		})
 		// The snapshot says when its first informer event came: after
-		// the change began, before the snapshot was handed over.
+		// the change began, before the snapshot was handed over. The
+		// observer was told of that event then.
 		if s.ObservedAt.Before(before) || s.ObservedAt.After(time.Now()) {
 			t.Errorf("the snapshot says it was observed at %v; the change began at %v", s.ObservedAt, before)
 		}
+		observedMu.Lock()
+		if !slices.ContainsFunc(observed, func(at time.Time) bool { return at.Equal(s.ObservedAt) }) {
+			t.Errorf("the observer was not told of the change the snapshot says it saw at %v (told of %d changes)", s.ObservedAt, len(observed))
+		}
+		observedMu.Unlock()
 	})
 
 	t.Run("a burst of changes is coalesced", func(t *testing.T) {

@@ -55,6 +55,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/model"
 )
 
@@ -101,6 +102,10 @@ type Options struct {
 	// EventRecorder records Events on invalid policy objects. When nil the
 	// source records core/v1 Events through Client itself.
 	EventRecorder record.EventRecorder
+
+	// Observe is told of every informer event, when it arrives (see
+	// discovery.Observer).
+	Observe discovery.Observer
 }
 
 // Source watches one Kubernetes API server. Create it with New; Run it once.
@@ -112,6 +117,7 @@ type Source struct {
 	log      *slog.Logger
 	invalid  *prometheus.CounterVec
 	recorder record.EventRecorder
+	observe  discovery.Observer
 }
 
 // New checks the options and returns a Source. It does not contact the API
@@ -125,6 +131,7 @@ func New(opts Options) (*Source, error) {
 		log:      opts.Logger,
 		invalid:  opts.InvalidObjects,
 		recorder: opts.EventRecorder,
+		observe:  opts.Observe,
 	}
 	if s.recheck <= 0 {
 		s.recheck = DefaultKindRecheck
@@ -207,11 +214,13 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 
 	changed := make(chan struct{}, 1)
 	// firstChange is when the first event not yet in a published
-	// snapshot came (Unix nanoseconds, 0 when none): the snapshot's
-	// ObservedAt.
-	var firstChange atomic.Int64
+	// snapshot came (nil when none): the snapshot's ObservedAt. It keeps
+	// the monotonic clock reading, so a wall-clock step cannot skew it.
+	var firstChange atomic.Pointer[time.Time]
 	notify := func() {
-		firstChange.CompareAndSwap(0, time.Now().UnixNano())
+		now := time.Now()
+		s.observe.Observe(now)
+		firstChange.CompareAndSwap(nil, &now)
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -245,13 +254,13 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	dc := newDecodeCache(rep.report)
 	var last *model.Snapshot
 	publishIfChanged := func() {
-		observed := firstChange.Swap(0)
+		observed := firstChange.Swap(nil)
 		snap := build(s.collect(w, dc))
 		if last != nil && last.SameMesh(snap) {
 			return
 		}
-		if observed != 0 {
-			snap.ObservedAt = time.Unix(0, observed)
+		if observed != nil {
+			snap.ObservedAt = *observed
 		}
 		last = snap
 		publish(snap)
@@ -261,7 +270,7 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	case <-changed:
 	default:
 	}
-	firstChange.Store(0)
+	firstChange.Store(nil)
 	publishIfChanged()
 
 	// Policy kinds whose CRDs are not installed yet are looked for again
