@@ -1,14 +1,10 @@
 package xds
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"unicode/utf8"
 
@@ -72,14 +68,12 @@ const (
 	resourceNamesTag   = resourceNamesField<<3 | byte(protowire.BytesType)
 )
 
-// maxListedNames and maxListedBytes bound the names nameLists keeps, and
-// the bytes they and their encodings take; past either, the lists turn
-// over: they are learnt anew, and the stand-ins of the previous generation
-// are still resolved (requests decoded but not yet answered, streams
-// that have not sent one since), so a turnover ends no healthy stream.
-// A few clients sending many different lists can therefore cost decoding
-// time and at most two generations of memory; a stream whose stand-in is
-// two turnovers old is ended, and its client reconnects.
+// maxListedNames and maxListedBytes bound the names nameLists remembers
+// to recognise lists, and the bytes they and their encodings take; past
+// either, the lists turn over: they are learnt anew. A list stays alive
+// as long as a stream still subscribes to its stand-in (see standIn), so a
+// turnover ends no stream, and a few clients sending many different lists
+// cost decoding time and memory for the lists streams hold, not more.
 const (
 	maxListedNames = 1 << 20
 	maxListedBytes = 32 << 20
@@ -93,17 +87,15 @@ type nameLists struct {
 	// known name either. It must not allocate for unknown names.
 	canonical func([]byte) (string, bool)
 
-	// tokenPrefix starts every stand-in name (see standIn); it holds
-	// random bytes, so that no client can send one.
-	tokenPrefix string
+	// tokens names the lists that have a stand-in: a token is an
+	// anchor (see anchor), so a list lives while a stream holds its
+	// token.
+	tokens *anchors[nameList]
 
-	mu         sync.RWMutex
-	lists      map[uint64][]*nameList // by maphash of the encoding
-	byToken    map[string]*nameList
-	oldByToken map[string]*nameList // byToken before the last turnover
-	held       int                  // names in lists
-	bytes      int                  // their encodings, twice (wire and names)
-	nextID     uint64
+	mu    sync.RWMutex
+	lists map[uint64][]*nameList // by maphash of the encoding
+	held  int                    // names in lists
+	bytes int                    // their encodings, twice (wire and names)
 }
 
 type nameList struct {
@@ -111,16 +103,16 @@ type nameList struct {
 	names []string
 	// For endpoint requests (see standIn): the names as a set, shared
 	// by every stream subscribing to them, and what go-control-plane is
-	// shown instead of them. Made on first use.
-	set   map[string]struct{}
-	shown []string
+	// shown instead of them, whose token is the list's anchor. Made on
+	// first use.
+	set    map[string]struct{}
+	shown  []string
+	anchor anchor
 }
 
 func newNameLists(canonical func([]byte) (string, bool)) *nameLists {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return &nameLists{canonical: canonical, lists: map[uint64][]*nameList{}, byToken: map[string]*nameList{},
-		tokenPrefix: "\x00minimesh-names-" + hex.EncodeToString(b[:]) + "-"}
+	return &nameLists{canonical: canonical, lists: map[uint64][]*nameList{},
+		tokens: newAnchors("names", func(l *nameList) *anchor { return &l.anchor })}
 }
 
 var listSeed = maphash.MakeSeed()
@@ -264,17 +256,14 @@ func (l *nameLists) standIn(list *nameList) []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if list.shown == nil {
-		l.nextID++
-		token := l.tokenPrefix + strconv.FormatUint(l.nextID, 10)
-		list.set, list.shown = set, []string{"*", token}
-		l.byToken[token] = list
+		list.set, list.shown = set, []string{"*", l.tokens.name(list)}
 	}
 	return list.shown
 }
 
 // subscription returns the names, and their set, that names stands in for
 // (see standIn); ok is false when names is not a stand-in. A stand-in
-// whose list was forgotten since (two turnovers, see maxListedNames)
+// whose list is gone (which a stream holding it cannot see happen)
 // returns an error.
 func (l *nameLists) subscription(names []string) (real []string, set map[string]struct{}, ok bool, err error) {
 	if l == nil || len(names) != 2 || names[0] != "*" {
@@ -286,18 +275,15 @@ func (l *nameLists) subscription(names []string) (real []string, set map[string]
 // token returns the names, and their set, that a stand-in's token stands
 // for; ok is false when t is not a token.
 func (l *nameLists) token(t string) (real []string, set map[string]struct{}, ok bool, err error) {
-	if l == nil || !strings.HasPrefix(t, l.tokenPrefix) {
+	if l == nil || !l.tokens.isName(t) {
 		return nil, nil, false, nil
 	}
+	list := l.tokens.lookup(t)
+	if list == nil {
+		return nil, nil, true, errors.New("minimesh does not know the endpoint names this request stands for; reconnect")
+	}
 	l.mu.RLock()
-	list := l.byToken[t]
-	if list == nil {
-		list = l.oldByToken[t]
-	}
-	l.mu.RUnlock()
-	if list == nil {
-		return nil, nil, true, errors.New("minimesh no longer remembers the endpoint names of this request (too many distinct lists); reconnect")
-	}
+	defer l.mu.RUnlock()
 	return list.names, list.set, true, nil
 }
 
@@ -352,7 +338,6 @@ func (l *nameLists) list(wire []byte) (*nameList, error) {
 	}
 	if l.held+len(names) > maxListedNames || l.bytes+2*len(wire) > maxListedBytes {
 		l.lists = map[uint64][]*nameList{}
-		l.oldByToken, l.byToken = l.byToken, map[string]*nameList{}
 		l.held, l.bytes = 0, 0
 	}
 	list := &nameList{wire: string(wire), names: names}

@@ -2,9 +2,12 @@ package xds
 
 import (
 	"reflect"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -298,7 +301,7 @@ func TestRequestCodecStandsInForDeltaEndpointNames(t *testing.T) {
 	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer(encode(full))}, raw); err != nil {
 		t.Fatal(err)
 	}
-	if len(raw.ResourceNamesSubscribe) != 1 || !strings.HasPrefix(raw.ResourceNamesSubscribe[0], c.lists.tokenPrefix) {
+	if len(raw.ResourceNamesSubscribe) != 1 || !c.lists.tokens.isName(raw.ResourceNamesSubscribe[0]) {
 		t.Fatalf("go-control-plane is shown %q, want one token", raw.ResourceNamesSubscribe)
 	}
 	if !slices.Equal(raw.ResourceNamesUnsubscribe, []string{"c"}) {
@@ -364,16 +367,26 @@ func TestRequestCodecStandsInForEndpointNames(t *testing.T) {
 	if _, _, ok, _ := c.lists.subscription(forged); ok {
 		t.Error("a token without this process's random prefix was taken for a stand-in")
 	}
-	// A stand-in whose list was forgotten is an error, not a wildcard.
-	clear(c.lists.byToken)
+	// A stand-in whose list is gone is an error, not a wildcard.
+	forgetTokens(c.lists)
 	if _, _, ok, err := c.lists.subscription(r1.ResourceNames); !ok || err == nil {
 		t.Errorf("a forgotten stand-in: ok %v, err %v; want an error", ok, err)
 	}
 }
 
-// A turnover (too many names, or too many bytes) keeps the previous
-// generation's stand-ins resolvable; a stand-in two turnovers old is not.
-func TestRequestCodecTurnoverKeepsOneGeneration(t *testing.T) {
+// forgetTokens makes the registry forget every token, as if their lists
+// had been collected.
+func forgetTokens(l *nameLists) {
+	l.tokens.mu.Lock()
+	clear(l.tokens.byName)
+	l.tokens.mu.Unlock()
+}
+
+// A turnover (too many names, or too many bytes) bounds what the codec
+// remembers to recognise lists, but a stand-in resolves for as long as
+// something holds it, however many turnovers later; once nothing does,
+// its list is collected.
+func TestRequestCodecStandInsOutliveTurnovers(t *testing.T) {
 	c := testCodec()
 	big := strings.Repeat("n", maxListedBytes/6) // three of these overflow the byte budget
 	standIn := func(name string) []string {
@@ -389,17 +402,31 @@ func TestRequestCodecTurnoverKeepsOneGeneration(t *testing.T) {
 		return r.ResourceNames
 	}
 	first := standIn(big + "1")
-	standIn(big + "2")
-	standIn(big + "3") // a turnover: first is one generation old
+	for i := 2; i <= 7; i++ { // three turnovers
+		standIn(big + strconv.Itoa(i))
+	}
 	if c.lists.bytes > maxListedBytes {
 		t.Errorf("the lists hold %d bytes, more than %d", c.lists.bytes, maxListedBytes)
 	}
 	if names, _, ok, err := c.lists.subscription(first); !ok || err != nil || names[0] != big+"1" {
-		t.Fatalf("a stand-in one turnover old: ok %v, err %v", ok, err)
+		t.Fatalf("a stand-in held across three turnovers: ok %v, err %v", ok, err)
 	}
-	standIn(big + "4")
-	standIn(big + "5") // a second turnover
-	if _, _, ok, err := c.lists.subscription(first); !ok || err == nil {
-		t.Errorf("a stand-in two turnovers old: ok %v, err %v; want an error", ok, err)
+	// Nothing holds the other stand-ins: their lists go, but for those
+	// the codec still remembers to recognise them.
+	remembered := 0
+	c.lists.mu.RLock()
+	for _, ls := range c.lists.lists {
+		remembered += len(ls)
 	}
+	c.lists.mu.RUnlock()
+	want := 1 + remembered
+	deadline := time.Now().Add(10 * time.Second)
+	for c.lists.tokens.count() > want && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := c.lists.tokens.count(); n != want {
+		t.Errorf("%d lists have a token; want %d: the one still held and the %d remembered", n, want, remembered)
+	}
+	runtime.KeepAlive(first)
 }

@@ -228,6 +228,7 @@ func (c *configCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 		return nil, fmt.Errorf("the configuration cache does not serve %s", req.GetTypeUrl())
 	}
 	c.bases.unsubscribed(sub.ReturnedResources(), req.GetResourceNamesUnsubscribe())
+	c.bases.subscribing(sub.ReturnedResources(), req.GetResourceNamesSubscribe(), req.GetInitialResourceVersions())
 	return c.watch(req.GetNode().GetId(), &configWatch{delta: req, sub: sub, dout: out}), nil
 }
 
@@ -371,7 +372,7 @@ func (c *configCache) respondConfigDelta(pt *publishedType, w *configWatch) bool
 		// The map is the stream's own, and small: go-control-plane
 		// writes to it when the client unsubscribes.
 		if pt.base == nil {
-			pt.base = c.bases.make(pt.deltaComplete)
+			pt.base = c.bases.intern(pt.deltaComplete, heldSum(pt.deltaComplete))
 		}
 		returned = map[string]string{heldBaseKey: pt.base.String()}
 	} else {

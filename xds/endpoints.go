@@ -654,35 +654,95 @@ type deltaTransition struct {
 // changed (sorted by name) and removing removed (sorted) to a client that
 // held view. Every proxy of a group holds the same base and is sent the
 // same change, so the transition is remembered for the cache's version
-// (transitions) and the group's proxies share the base it leads to; the
-// thousand entries of a sidecar's map are made once per group, not per
-// proxy. A client holding something of its own (unsubscribed names, the
-// versions it reconnected with) gets a base of its own. Called with mu
-// held.
+// (transitions): the group's proxies share the base it leads to, and the
+// thousand entries of a sidecar's versions are looked at once per group,
+// not per proxy. Other transitions find an equal base by content (see
+// heldBases.intern), so that a proxy that reached the same versions
+// another way shares it too; only a base nobody holds yet is made. Called
+// with mu held.
 func (c *assignmentCache) nextBase(view heldView, changed []*assignment, removed []string) *heldBase {
-	shared := view.onlyBase()
-	if shared {
-		for _, t := range c.transitions[view.base] {
-			if slices.Equal(t.changed, changed) && slices.Equal(t.removed, removed) {
-				return t.to
-			}
+	if !view.onlyBase() {
+		// The stream holds something of its own (unsubscribed names,
+		// the versions it reconnected with): read it all.
+		versions := view.flatten(len(changed))
+		for _, a := range changed {
+			versions[a.name] = a.hash
+		}
+		for _, n := range removed {
+			delete(versions, n)
+		}
+		return c.bases.intern(versions, heldSum(versions))
+	}
+	for _, t := range c.transitions[view.base] {
+		if slices.Equal(t.changed, changed) && slices.Equal(t.removed, removed) {
+			return t.to
 		}
 	}
-	versions := view.flatten(len(changed))
+	b := c.applyToBase(view.base, changed, removed)
+	if c.transitions == nil {
+		c.transitions = map[*heldBase][]deltaTransition{}
+	}
+	c.transitions[view.base] = append(c.transitions[view.base], deltaTransition{changed: slices.Clone(changed), removed: slices.Clone(removed), to: b})
+	return b
+}
+
+// applyToBase returns the base holding from's versions (none when from is
+// nil) with changed set and removed deleted: a live one if there is one,
+// found without copying from's versions, or a new one.
+func (c *assignmentCache) applyToBase(from *heldBase, changed []*assignment, removed []string) *heldBase {
+	var old map[string]string
+	var sum uint64
+	if from != nil {
+		old, sum = from.versions, from.sum
+	}
+	size := len(old)
+	for _, a := range changed {
+		if v, ok := old[a.name]; ok {
+			sum -= heldEntry(a.name, v)
+		} else {
+			size++
+		}
+		sum += heldEntry(a.name, a.hash)
+	}
+	for _, n := range removed {
+		if v, ok := old[n]; ok {
+			sum -= heldEntry(n, v)
+			size--
+		}
+	}
+	byName := func(a *assignment, n string) int { return strings.Compare(a.name, n) }
+	same := func(b *heldBase) bool {
+		if len(b.versions) != size {
+			return false
+		}
+		for n, v := range b.versions {
+			if i, ok := slices.BinarySearchFunc(changed, n, byName); ok {
+				if changed[i].hash != v {
+					return false
+				}
+				continue
+			}
+			if _, gone := slices.BinarySearch(removed, n); gone {
+				return false
+			}
+			if w, ok := old[n]; !ok || w != v {
+				return false
+			}
+		}
+		return true
+	}
+	if b := c.bases.find(sum, same); b != nil {
+		return b
+	}
+	versions := make(map[string]string, size)
+	maps.Copy(versions, old)
 	for _, a := range changed {
 		versions[a.name] = a.hash
 	}
 	for _, n := range removed {
 		delete(versions, n)
 	}
-	b := c.bases.make(versions)
-	if shared {
-		if c.transitions == nil {
-			c.transitions = map[*heldBase][]deltaTransition{}
-		}
-		c.transitions[view.base] = append(c.transitions[view.base], deltaTransition{changed: slices.Clone(changed), removed: slices.Clone(removed), to: b})
-	}
-	return b
+	return c.bases.add(versions, sum)
 }
 
 // respondDelta answers a delta watch. Delta clients name the version of
@@ -803,6 +863,7 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 		return nil, err
 	}
 	c.bases.unsubscribed(sub.ReturnedResources(), req.GetResourceNamesUnsubscribe())
+	c.bases.subscribing(sub.ReturnedResources(), subscribe, req.GetInitialResourceVersions())
 	return c.watch(&edsWatch{delta: req, sub: sub, dout: out, replyEvenIfEmpty: even,
 		subscribed: subscribed, names: subscribe}), nil
 }

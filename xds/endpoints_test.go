@@ -598,7 +598,7 @@ func TestAssignmentCacheReadsStandIns(t *testing.T) {
 	}
 	// A stand-in the lists forgot ends the stream rather than serve
 	// everything.
-	clear(e.lists.byToken)
+	forgetTokens(e.lists)
 	if _, err := c.CreateWatch(ack, sub, make(chan cachev3.Response, 1)); err == nil {
 		t.Error("a forgotten stand-in was accepted")
 	}

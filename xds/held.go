@@ -1,13 +1,12 @@
 package xds
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
+	"hash/maphash"
+	"maps"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
-	"unsafe"
 	"weak"
 )
 
@@ -27,13 +26,13 @@ import (
 // names the client unsubscribed from since (heldDropped). A heldView reads
 // the two layers as one map.
 //
-// A base's anchor string, the value of heldBaseKey, has its bytes inside
-// the base, so any map holding the string keeps the base alive: a base
-// lives exactly as long as some stream's map (or a cache) refers to it,
-// without reference counting. The registry finds a base from its string
-// through a weak pointer, so it keeps none alive, and only the anchor
-// itself (not a string a client sent with the same bytes, in
-// initial_resource_versions) names a base.
+// A base is named by an anchor (see anchor), the value of heldBaseKey, so
+// it lives exactly as long as some stream's map (or a cache) refers to it,
+// without reference counting, and only the anchor itself (not a string a
+// client sends with the same bytes, in initial_resource_versions) names
+// it. Bases are interned by content: proxies that reach the same versions
+// by different paths (connected a change later, or reconnected with what
+// they held) share one too.
 
 // heldBaseKey is the entry of a delta stream's returned map that names its
 // base. Like every name minimesh reserves in these maps, it starts with
@@ -46,82 +45,102 @@ const heldDropped = reservedPrefix + "dropped"
 
 const reservedPrefix = "\x00minimesh:"
 
-// heldAnchorLen is the length of an anchor: 12 random hex digits, a dash
-// and a 20-digit serial.
-const heldAnchorLen = 12 + 1 + 20
-
 // heldBase is the versions a delta client holds after a response, shared
 // by every stream that holds exactly those. Immutable.
 type heldBase struct {
-	anchor   [heldAnchorLen]byte
+	anchor   anchor
 	versions map[string]string
+	sum      uint64 // heldSum of versions
 }
 
-// String returns the base's anchor: the string that names it, whose bytes
-// are the base's own.
-func (b *heldBase) String() string { return unsafe.String(&b.anchor[0], len(b.anchor)) }
+// String returns the base's anchor.
+func (b *heldBase) String() string { return b.anchor.String() }
 
-// heldBases is the registry of live bases.
+// heldBases is the registry of live bases, by anchor and by content.
 type heldBases struct {
-	prefix string
-	mu     sync.Mutex
-	byName map[string]weak.Pointer[heldBase]
-	serial uint64
+	*anchors[heldBase]
+	sumMu sync.Mutex
+	bySum map[uint64][]weak.Pointer[heldBase]
 }
 
 func newHeldBases() *heldBases {
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	return &heldBases{prefix: hex.EncodeToString(b[:]), byName: map[string]weak.Pointer[heldBase]{}}
-}
-
-// make returns a new base holding versions, which must not be changed
-// afterwards.
-func (h *heldBases) make(versions map[string]string) *heldBase {
-	b := &heldBase{versions: versions}
-	h.mu.Lock()
-	h.serial++
-	copy(b.anchor[:], fmt.Sprintf("%s-%020d", h.prefix, h.serial))
-	name := string(b.anchor[:]) // the registry's own copy
-	h.byName[name] = weak.Make(b)
-	h.mu.Unlock()
-	runtime.AddCleanup(b, h.forget, name)
-	return b
-}
-
-// forget drops a collected base from the registry.
-func (h *heldBases) forget(name string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if p, ok := h.byName[name]; ok && p.Value() == nil {
-		delete(h.byName, name)
+	return &heldBases{
+		anchors: newAnchors("held", func(b *heldBase) *anchor { return &b.anchor }),
+		bySum:   map[uint64][]weak.Pointer[heldBase]{},
 	}
 }
 
-// count returns how many bases are registered, for tests.
-func (h *heldBases) count() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.byName)
+var heldSeed = maphash.MakeSeed()
+
+// heldEntry is the hash of one entry of a version map; heldSum adds them
+// up, so that a map's sum does not depend on its order and follows a
+// change of a few entries without looking at the others.
+func heldEntry(name, version string) uint64 {
+	return maphash.String(heldSeed, name)*0x9e3779b97f4a7c15 ^ maphash.String(heldSeed, version)
+}
+
+func heldSum(versions map[string]string) uint64 {
+	var sum uint64
+	for n, v := range versions {
+		sum += heldEntry(n, v)
+	}
+	return sum
+}
+
+// intern returns the live base holding exactly versions (whose heldSum is
+// sum), or a new one holding versions, which must not be changed
+// afterwards.
+func (h *heldBases) intern(versions map[string]string, sum uint64) *heldBase {
+	if b := h.find(sum, func(b *heldBase) bool { return maps.Equal(b.versions, versions) }); b != nil {
+		return b
+	}
+	return h.add(versions, sum)
+}
+
+// add returns a new base holding versions (whose heldSum is sum), which
+// must not be changed afterwards.
+func (h *heldBases) add(versions map[string]string, sum uint64) *heldBase {
+	b := &heldBase{versions: versions, sum: sum}
+	h.name(b)
+	h.sumMu.Lock()
+	h.bySum[sum] = append(h.bySum[sum], weak.Make(b))
+	h.sumMu.Unlock()
+	runtime.AddCleanup(b, h.forgetSum, sum)
+	return b
+}
+
+// find returns a live base with the given sum for which same holds.
+func (h *heldBases) find(sum uint64, same func(*heldBase) bool) *heldBase {
+	h.sumMu.Lock()
+	candidates := slices.Clone(h.bySum[sum])
+	h.sumMu.Unlock()
+	for _, p := range candidates {
+		if b := p.Value(); b != nil && same(b) {
+			return b
+		}
+	}
+	return nil
+}
+
+// forgetSum drops collected bases from the index by content.
+func (h *heldBases) forgetSum(sum uint64) {
+	h.sumMu.Lock()
+	defer h.sumMu.Unlock()
+	live := slices.DeleteFunc(h.bySum[sum], func(p weak.Pointer[heldBase]) bool { return p.Value() == nil })
+	if len(live) == 0 {
+		delete(h.bySum, sum)
+	} else {
+		h.bySum[sum] = live
+	}
 }
 
 // of returns the base a stream's map m names, or nil.
 func (h *heldBases) of(m map[string]string) *heldBase {
 	s, ok := m[heldBaseKey]
-	if !ok || len(s) != heldAnchorLen {
-		return nil
-	}
-	h.mu.Lock()
-	p, ok := h.byName[s]
-	h.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	b := p.Value()
-	if b == nil || unsafe.StringData(s) != &b.anchor[0] {
-		return nil // equal bytes, but not the anchor: a client's
-	}
-	return b
+	return h.lookup(s)
 }
 
 // view returns what a stream's map m says its client holds.
@@ -144,6 +163,32 @@ func (h *heldBases) unsubscribed(m map[string]string, names []string) {
 			continue // go-control-plane marked it to be sent again ("")
 		}
 		if _, ok := b.versions[n]; ok {
+			m[n] = heldDropped
+		}
+	}
+}
+
+// subscribing records in a stream's own map m that its client does not
+// hold names it now subscribes to, unless it says it does (initial, its
+// initial_resource_versions when it reconnects). A client never holds a
+// name it is newly subscribing to, but the map may still say it does: an
+// unsubscribe is recorded in the map that is current when go-control-plane
+// handles the request, and a response already on its way to the stream
+// then installs a map made before, without the record. Called on the
+// stream's goroutine, like unsubscribed.
+func (h *heldBases) subscribing(m map[string]string, names []string, initial map[string]string) {
+	if m == nil {
+		return
+	}
+	v := h.view(m)
+	for _, n := range names {
+		if _, claimed := initial[n]; claimed || n == "*" {
+			continue
+		}
+		if s, ok := m[n]; ok && (s == "" || s == heldDropped) {
+			continue // already to be sent
+		}
+		if _, ok := v.get(n); ok {
 			m[n] = heldDropped
 		}
 	}

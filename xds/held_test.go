@@ -291,8 +291,9 @@ func TestDeltaStandInSubscriptions(t *testing.T) {
 	}
 }
 
-// A stand-in whose list meshd forgot ends the stream (its client
-// reconnects) rather than subscribe it to nothing.
+// A stand-in whose list meshd does not know (which a stream holding it
+// cannot see happen) ends the stream, so that its client reconnects,
+// rather than subscribe it to nothing.
 func TestDeltaForgottenStandIn(t *testing.T) {
 	e := newEndpointCache()
 	c := e.flavor("envoy")
@@ -303,10 +304,7 @@ func TestDeltaForgottenStandIn(t *testing.T) {
 	if _, _, ok := cl.receive(); !ok {
 		t.Fatal("no first response")
 	}
-	e.lists.mu.Lock()
-	clear(e.lists.byToken)
-	clear(e.lists.oldByToken)
-	e.lists.mu.Unlock()
+	forgetTokens(e.lists)
 	req := &cachev3.DeltaRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: "n"}
 	if _, err := c.CreateDeltaWatch(req, cl.sub, make(chan cachev3.DeltaResponse, 1)); err == nil {
 		t.Error("a forgotten stand-in was accepted")
