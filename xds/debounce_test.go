@@ -306,3 +306,26 @@ func TestUpdateCountsFromWhenTheChangeWasObserved(t *testing.T) {
 		}
 	}
 }
+
+// Changes observed before the source's first snapshot (a Kubernetes
+// source's initial list) push nothing and do not make the server ready.
+func TestObserveBeforeTheFirstSnapshot(t *testing.T) {
+	s, err := New(Options{Log: slog.New(slog.DiscardHandler), DebounceAfter: time.Millisecond, DebounceMax: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		debounce(s.events, stop, s.opts.DebounceAfter, s.opts.DebounceMax, realClock{}, s.push)
+	}()
+	s.Observe(time.Now())
+	s.Observe(time.Now())
+	close(s.events) // debounce pushes what is pending and returns
+	<-done
+	close(stop)
+	if s.Ready() || s.pushesDone.Load() != 0 {
+		t.Errorf("observations alone: ready %v, %d pushes; want not ready, none", s.Ready(), s.pushesDone.Load())
+	}
+}

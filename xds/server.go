@@ -401,10 +401,15 @@ func (s *Server) Handler() http.Handler { return s.debugHandler() }
 // publish what passed the checks.
 func (s *Server) push(e event) {
 	start := time.Now()
-	s.m.debounce.Observe(start.Sub(e.first).Seconds())
 	s.mu.Lock()
 	m := s.model
 	s.mu.Unlock()
+	if m == nil {
+		// Changes observed before the source's first snapshot (the
+		// events of its initial list): nothing to push, and not ready.
+		return
+	}
+	s.m.debounce.Observe(start.Sub(e.first).Seconds())
 	s.sync(m, e.first)
 	s.m.pushBuild.Observe(time.Since(start).Seconds())
 	s.ready.Store(true)
