@@ -6,8 +6,14 @@ import "time"
 // merge into one push.
 type event struct {
 	// first and last are the trigger times of the earliest and latest
-	// change in the burst; first is what convergence is measured from.
+	// change in the burst, observed or published.
 	first, last time.Time
+	// published is the trigger time of the earliest change in the
+	// burst that a published snapshot reflects, zero when the burst
+	// only observed changes: convergence is measured from it, so that
+	// a change a source observed but found did not alter the mesh does
+	// not count.
+	published time.Time
 	// count is how many changes were merged.
 	count int
 }
@@ -22,6 +28,9 @@ func (a event) merge(b event) event {
 	}
 	if b.last.After(a.last) {
 		a.last = b.last
+	}
+	if !b.published.IsZero() && (a.published.IsZero() || b.published.Before(a.published)) {
+		a.published = b.published
 	}
 	a.count += b.count
 	return a

@@ -297,11 +297,14 @@ func TestUpdateCountsFromWhenTheChangeWasObserved(t *testing.T) {
 		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 {
 			t.Errorf("%s: Update of a snapshot observed at %v queued %+v (Update ran from %v to %v)", tt.name, tt.observed, e, before, after)
 		}
+		if !e.published.Equal(e.first) {
+			t.Errorf("%s: Update queued %+v; a published change counts for convergence", tt.name, e)
+		}
 		before = time.Now()
 		s.Observe(tt.observed)
 		after = time.Now()
 		e = <-s.events
-		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 {
+		if !tt.want(before, after, e.first) || !e.last.Equal(e.first) || e.count != 1 || !e.published.IsZero() {
 			t.Errorf("%s: Observe(%v) queued %+v (Observe ran from %v to %v)", tt.name, tt.observed, e, before, after)
 		}
 	}
@@ -327,5 +330,31 @@ func TestObserveBeforeTheFirstSnapshot(t *testing.T) {
 	close(stop)
 	if s.Ready() || s.pushesDone.Load() != 0 {
 		t.Errorf("observations alone: ready %v, %d pushes; want not ready, none", s.Ready(), s.pushesDone.Load())
+	}
+}
+
+// A burst of observed changes that published no new snapshot pushes
+// nothing; convergence counts from the earliest published change of a
+// burst, not from a change observed before it that altered nothing.
+func TestPushesOnlyNewSnapshots(t *testing.T) {
+	s, err := New(Options{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now().Add(-time.Second)
+	published := t0.Add(500 * time.Millisecond)
+	burst := event{first: t0, last: t0, count: 1}.merge(event{first: published, last: published, published: published, count: 1})
+	if !burst.first.Equal(t0) || !burst.published.Equal(published) {
+		t.Fatalf("merged burst %+v: want first %v, published %v", burst, t0, published)
+	}
+	s.Update(&model.Snapshot{})
+	<-s.events
+	s.push(burst)
+	if n := histogramCount(s.m.pushBuild); n != 1 || s.pushesDone.Load() != 1 || !s.Ready() {
+		t.Fatalf("a new snapshot: %d builds, %d pushes, ready %v; want one push", n, s.pushesDone.Load(), s.Ready())
+	}
+	s.push(event{first: time.Now(), last: time.Now(), count: 1})
+	if n := histogramCount(s.m.pushBuild); n != 1 || s.pushesDone.Load() != 2 {
+		t.Errorf("observed changes, same snapshot: %d builds, %d pushes; want nothing built, the push counted", n, s.pushesDone.Load())
 	}
 }

@@ -664,13 +664,7 @@ func (c *assignmentCache) nextBase(view heldView, changed []*assignment, removed
 	if !view.onlyBase() {
 		// The stream holds something of its own (unsubscribed names,
 		// the versions it reconnected with): read it all.
-		versions := view.flatten(len(changed))
-		for _, a := range changed {
-			versions[a.name] = a.hash
-		}
-		for _, n := range removed {
-			delete(versions, n)
-		}
+		versions := applyChange(view.flatten(len(changed)), changed, removed)
 		return c.bases.intern(versions, heldSum(versions))
 	}
 	for _, t := range c.transitions[view.base] {
@@ -688,12 +682,22 @@ func (c *assignmentCache) nextBase(view heldView, changed []*assignment, removed
 
 // applyToBase returns the base holding from's versions (none when from is
 // nil) with changed set and removed deleted: a live one if there is one,
-// found without copying from's versions, or a new one.
+// found without copying from's versions, or a new one. changed and
+// removed are sorted and name each name once (respondDelta puts a name in
+// one of them at most); a name in both is read slowly, as removed.
 func (c *assignmentCache) applyToBase(from *heldBase, changed []*assignment, removed []string) *heldBase {
 	var old map[string]string
 	var sum uint64
 	if from != nil {
 		old, sum = from.versions, from.sum
+	}
+	for _, n := range removed {
+		if _, both := slices.BinarySearchFunc(changed, n, func(a *assignment, n string) int { return strings.Compare(a.name, n) }); both {
+			versions := make(map[string]string, len(old)+len(changed))
+			maps.Copy(versions, old)
+			versions = applyChange(versions, changed, removed)
+			return c.bases.intern(versions, heldSum(versions))
+		}
 	}
 	size := len(old)
 	for _, a := range changed {
@@ -736,13 +740,19 @@ func (c *assignmentCache) applyToBase(from *heldBase, changed []*assignment, rem
 	}
 	versions := make(map[string]string, size)
 	maps.Copy(versions, old)
+	return c.bases.add(applyChange(versions, changed, removed), sum)
+}
+
+// applyChange sets changed in versions and deletes removed from it, and
+// returns it.
+func applyChange(versions map[string]string, changed []*assignment, removed []string) map[string]string {
 	for _, a := range changed {
 		versions[a.name] = a.hash
 	}
 	for _, n := range removed {
 		delete(versions, n)
 	}
-	return c.bases.add(versions, sum)
+	return versions
 }
 
 // respondDelta answers a delta watch. Delta clients name the version of

@@ -47,14 +47,22 @@ func (f *fakeDeltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) {
 	}
 }
 
-func recvDelta(t *testing.T, ch chan *discoveryv3.DeltaDiscoveryResponse) (*discoveryv3.DeltaDiscoveryResponse, bool) {
+// recvDelta returns the next response the stream sends, waiting up to
+// wait for it.
+func recvDelta(ch chan *discoveryv3.DeltaDiscoveryResponse, wait time.Duration) (*discoveryv3.DeltaDiscoveryResponse, bool) {
 	select {
 	case r := <-ch:
 		return r, true
-	case <-time.After(200 * time.Millisecond):
+	case <-time.After(wait):
 		return nil, false
 	}
 }
+
+// Waits for a response that must come, and for one that must not.
+const (
+	responseDue  = 10 * time.Second
+	responseNone = 200 * time.Millisecond
+)
 
 func responseNamesOf(r *discoveryv3.DeltaDiscoveryResponse) []string {
 	var out []string
@@ -69,13 +77,45 @@ func responseNamesOf(r *discoveryv3.DeltaDiscoveryResponse) []string {
 // for the next request is installed after that request's unsubscribe was
 // recorded in the older map: the record is lost. A later re-subscription
 // must still be answered (heldBases.subscribing). Driven through
-// go-control-plane's own delta server.
+// go-control-plane's own delta server, for both caches.
 func TestDeltaResubscribeAfterUnsubscribeLostToResponseInFlight(t *testing.T) {
-	c := newAssignmentCache("p-")
-	all := map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}
-	if _, err := c.update(checkedCLAs(t, all), time.Time{}); err != nil {
-		t.Fatal(err)
-	}
+	t.Run("endpoints", func(t *testing.T) {
+		c := newAssignmentCache("p-")
+		all := map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}
+		if _, err := c.update(checkedCLAs(t, all), time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+		resubscribeAfterLostUnsubscribe(t, c, resourcev3.EndpointType, func() {
+			all["b"] = "10.0.0.22"
+			if _, err := c.update(checkedCLAs(t, all), time.Time{}); err != nil {
+				t.Error(err)
+			}
+		})
+	})
+	t.Run("clusters", func(t *testing.T) {
+		table := newResourceTable()
+		c := newConfigCache()
+		c.SetSnapshot("n", publishedClusters(t, table, "a", "b"))
+		changed := edsClusters("a", "b")
+		changed.Clusters[1] = edsCluster("b", "b-renamed")
+		changed.Endpoints[1] = cla("b-renamed", "10.0.0.1")
+		snap, err := groupSnapshot(changed, table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := publish(snap, table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resubscribeAfterLostUnsubscribe(t, c, resourcev3.ClusterType, func() { c.SetSnapshot("n", pub) })
+	})
+}
+
+// resubscribeAfterLostUnsubscribe subscribes to a and b of typeURL, then
+// unsubscribes b while change (which changes b) answers the open watch,
+// then subscribes to b again, which must be sent.
+func resubscribeAfterLostUnsubscribe(t *testing.T, c cachev3.Cache, typeURL string, change func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var hookP atomic.Pointer[func(*discoveryv3.DeltaDiscoveryRequest)]
@@ -87,41 +127,36 @@ func TestDeltaResubscribeAfterUnsubscribeLostToResponseInFlight(t *testing.T) {
 	}}
 	srv := deltav3.NewServer(ctx, c, cb)
 	st := &fakeDeltaStream{ctx: ctx, in: make(chan *discoveryv3.DeltaDiscoveryRequest, 4), sent: make(chan *discoveryv3.DeltaDiscoveryResponse, 4)}
-	go func() { _ = srv.DeltaStreamHandler(st, resourcev3.EndpointType) }()
-	node := &corev3.Node{Id: "n"}
+	go func() { _ = srv.DeltaStreamHandler(st, typeURL) }()
 
-	st.in <- &discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"a", "b"}}
-	r, ok := recvDelta(t, st.sent)
+	st.in <- &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: typeURL, ResourceNamesSubscribe: []string{"a", "b"}}
+	r, ok := recvDelta(st.sent, responseDue)
 	if !ok || !slices.Equal(responseNamesOf(r), []string{"a", "b"}) {
 		t.Fatalf("first response %v", responseNamesOf(r))
 	}
-	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r.GetNonce()}
-	time.Sleep(50 * time.Millisecond)
+	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: r.GetNonce()}
 	// The client unsubscribes b; b changes just as the request is handled
-	// (after processAll, before the watch is cancelled).
+	// (after processAll, before the watch is cancelled). go-control-plane
+	// handles requests in order, so the ACK's watch is open by then.
 	hook := func(r *discoveryv3.DeltaDiscoveryRequest) {
 		if slices.Contains(r.GetResourceNamesUnsubscribe(), "b") {
-			all["b"] = "10.0.0.22"
-			if _, err := c.update(checkedCLAs(t, all), time.Time{}); err != nil {
-				t.Error(err)
-			}
+			change()
 		}
 	}
 	hookP.Store(&hook)
-	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r.GetNonce(), ResourceNamesUnsubscribe: []string{"b"}}
-	r, ok = recvDelta(t, st.sent)
+	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: r.GetNonce(), ResourceNamesUnsubscribe: []string{"b"}}
+	r, ok = recvDelta(st.sent, responseDue)
 	if !ok {
 		t.Fatal("the change to b before the unsubscribe was not sent")
 	}
-	t.Logf("in-flight response: %v (the client, no longer subscribed to b, ignores it)", responseNamesOf(r))
 	hookP.Store(nil)
-	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r.GetNonce()}
-	if r, ok := recvDelta(t, st.sent); ok {
-		t.Logf("extra response %v", responseNamesOf(r))
+	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: r.GetNonce()}
+	if extra, ok := recvDelta(st.sent, responseNone); ok {
+		t.Logf("a response to the ACK: %v", responseNamesOf(extra))
 	}
 	// The client wants b again.
-	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: r.GetNonce(), ResourceNamesSubscribe: []string{"b"}}
-	r, ok = recvDelta(t, st.sent)
+	st.in <- &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: r.GetNonce(), ResourceNamesSubscribe: []string{"b"}}
+	r, ok = recvDelta(st.sent, responseDue)
 	if !ok || !slices.Equal(responseNamesOf(r), []string{"b"}) {
 		t.Fatalf("re-subscribing to b: got %v (sent=%v), want [b]", responseNamesOf(r), ok)
 	}

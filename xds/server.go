@@ -138,6 +138,9 @@ type Server struct {
 	connectQueued atomic.Bool
 	// pushesDone counts completed pushes, so tests can wait for one.
 	pushesDone atomic.Uint64
+	// lastPushed is the model of the last push; only push uses it,
+	// on the debounce goroutine.
+	lastPushed *model.Snapshot
 
 	// buildMu serialises every write to the caches (pushes, first
 	// connects, renewals, cleanup), so that what a proxy ends up with is
@@ -304,7 +307,7 @@ func (s *Server) Update(snap *model.Snapshot) {
 	s.mu.Lock()
 	s.model = snap
 	s.mu.Unlock()
-	s.enqueue(event{first: at, last: at, count: 1})
+	s.enqueue(event{first: at, last: at, published: at, count: 1})
 }
 
 // Observe is told that a source saw a change at the given time (see
@@ -409,8 +412,19 @@ func (s *Server) push(e event) {
 		// events of its initial list): nothing to push, and not ready.
 		return
 	}
+	if m == s.lastPushed {
+		// Only observed changes that did not alter the mesh: the
+		// sources published nothing new.
+		s.pushesDone.Add(1)
+		return
+	}
+	s.lastPushed = m
+	changedAt := e.published
+	if changedAt.IsZero() {
+		changedAt = e.first
+	}
 	s.m.debounce.Observe(start.Sub(e.first).Seconds())
-	s.sync(m, e.first)
+	s.sync(m, changedAt)
 	s.m.pushBuild.Observe(time.Since(start).Seconds())
 	s.ready.Store(true)
 	s.pushesDone.Add(1)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -253,10 +254,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var src discovery.Source
 	var authn auth.Authenticator = auth.None{}
 	// The source reports changes as it sees them to the xDS server's
-	// debounce, which starts below, before the source runs.
-	var srv *xds.Server
+	// debounce; the server is made below, and a change seen before that
+	// (none is: sources start in Run) would find nobody to tell.
+	var observer atomic.Pointer[xds.Server]
 	observe := discovery.Observer(func(at time.Time) {
-		if srv != nil {
+		if srv := observer.Load(); srv != nil {
 			srv.Observe(at)
 		}
 	})
@@ -291,7 +293,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		authn = tokens
 	}
-	srv, err = xds.New(xds.Options{
+	srv, err := xds.New(xds.Options{
 		Addr:          cfg.XDSAddr,
 		DebounceAfter: cfg.DebounceAfter,
 		DebounceMax:   cfg.DebounceMax,
@@ -306,6 +308,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("starting the xDS server: %w", err)
 	}
+	observer.Store(srv)
 	// Listen before anything runs, so a port in use is a clear start-up
 	// error rather than a log line after the mesh loaded.
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddr)
