@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"maps"
 	"reflect"
 	"slices"
@@ -127,30 +126,6 @@ func parseVersion(prefix, v string) (uint64, bool) {
 	return n, err == nil
 }
 
-// heldKey is the entry of a state-of-the-world stream's returned map that
-// names the set of assignments the stream was last sent (see respondSotw).
-// It starts with a NUL, so no resource a client can subscribe to has it.
-const heldKey = "\x00minimesh:held"
-
-// heldOf returns the assignments a state-of-the-world stream holds, as
-// its returned map m says, or nil when m does not say: a new stream, or a
-// set forgotten since. Called with mu held.
-func (c *assignmentCache) heldOf(m map[string]string) map[string]string {
-	id, err := strconv.ParseUint(m[heldKey], 10, 64)
-	if err != nil {
-		return nil
-	}
-	if set, ok := c.heldByID[id]; ok {
-		return set
-	}
-	set, ok := c.heldByIDOld[id]
-	if ok { // forgotten at the last turnover but still in use: keep it
-		c.heldByID[id] = set
-		c.heldID[mapPointer(set)] = id
-	}
-	return set
-}
-
 // assignmentCache is the go-control-plane cache (cachev3.Cache) of one
 // flavour's assignments; go-control-plane's server does the protocol
 // (streams, nonces, subscriptions, ACKs) and asks it what to send.
@@ -197,16 +172,6 @@ type assignmentCache struct {
 	history []edsChange
 	watches map[uint64]*edsWatch
 	nextID  uint64
-	// heldSets interns the sets of assignments state-of-the-world
-	// clients hold (see respondSotw) by the hash of their names; each
-	// has a number, heldByID finds a set by its number and heldID the
-	// number of a set. heldByIDOld is heldByID before the last turnover
-	// (see internHeld), so that a set still in use is not forgotten.
-	heldSets    map[uint64][]map[string]string
-	heldByID    map[uint64]map[string]string
-	heldByIDOld map[uint64]map[string]string
-	heldID      map[unsafe.Pointer]uint64
-	nextHeld    uint64
 	// lists resolves the stand-ins of state-of-the-world requests (nil
 	// in tests that build requests themselves).
 	lists *nameLists
@@ -285,7 +250,6 @@ var _ cachev3.Cache = (*assignmentCache)(nil)
 
 func newAssignmentCache(prefix string) *assignmentCache {
 	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
-		heldSets: map[uint64][]map[string]string{}, heldByID: map[uint64]map[string]string{}, heldID: map[unsafe.Pointer]uint64{},
 		exact: map[exactKey]exactPair{}, bases: newHeldBases()}
 }
 
@@ -412,10 +376,11 @@ func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) b
 // exactly when it changed after that version: every later change either
 // reached the watch or happened after the response.
 //
-// Which assignments the stream holds is a held set: sets are interned and
-// numbered, so the thousand sidecars of fifty deployments share fifty and
-// a change to one assignment copies none. The stream's returned map in
-// go-control-plane is its own, one entry naming its set (heldKey): a
+// Which assignments the stream holds is a held set, a heldBase interned
+// like a delta client's versions (see heldBase), so the thousand sidecars
+// of fifty deployments share fifty and a change to one assignment copies
+// none. The stream's returned map in go-control-plane is its own, one
+// entry naming its set (heldBaseKey): a
 // response carries a new one, which go-control-plane installs when it
 // sends the response (not if it drops it for a newer request). A map
 // without the entry (a new stream) holds nothing, so a proxy that
@@ -425,7 +390,11 @@ func (c *assignmentCache) respond(w *edsWatch, candidates []string, even bool) b
 // (requestCodec), does not do that bookkeeping itself.
 func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even bool) bool {
 	stream := w.sub.ReturnedResources()
-	known := c.heldOf(stream)
+	base := c.bases.of(stream)
+	var known map[string]string
+	if base != nil {
+		known = base.versions
+	}
 	subscribed, wildcard := w.subscribed, w.wildcard
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
 	if !even && candidates == nil && !wildcard && since == c.version &&
@@ -482,24 +451,25 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 				reduced[n] = held
 			}
 		}
-		known = c.internHeld(reduced)
+		base = c.internHeld(reduced)
+		known = base.versions
 		if stream != nil {
-			stream[heldKey] = strconv.FormatUint(c.heldID[mapPointer(known)], 10)
+			stream[heldBaseKey] = base.String()
 		}
 	}
 	if !even && len(changed) == 0 {
 		return false
 	}
-	returned := known
-	if added || returned == nil {
-		returned = make(map[string]string, len(known)+len(changed))
+	next := base
+	if added || next == nil {
+		returned := make(map[string]string, len(known)+len(changed))
 		for n := range known {
 			returned[n] = held
 		}
 		for _, a := range changed {
 			returned[a.name] = held
 		}
-		returned = c.internHeld(returned)
+		next = c.internHeld(returned)
 	}
 	version := c.versionString(c.version)
 	anys := make([]*anypb.Any, len(changed))
@@ -508,7 +478,7 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 		anys[i] = a.any
 	}
 	w.out <- &edsResponse{req: w.sotw, version: version, resources: anys,
-		returned: map[string]string{heldKey: strconv.FormatUint(c.heldID[mapPointer(returned)], 10)}}
+		returned: map[string]string{heldBaseKey: next.String()}}
 	return true
 }
 
@@ -519,7 +489,8 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 // they were sent with the names they subscribed to already; so the answer
 // is remembered for the pair of list and set, which requestCodec and
 // internHeld share between the sidecars of a deployment. Neither changes
-// once shared.
+// once shared, and the pair kept with the key keeps both addresses from
+// being reused.
 // Called with mu held.
 func (c *assignmentCache) holdsExactly(names []string, held map[string]string, subscribed int) bool {
 	if len(names) == 0 || len(held) != subscribed {
@@ -534,7 +505,7 @@ func (c *assignmentCache) holdsExactly(names []string, held map[string]string, s
 			return false
 		}
 	}
-	if len(c.exact) >= maxHeldSets {
+	if len(c.exact) >= maxExact {
 		clear(c.exact)
 	}
 	c.exact[key] = exactPair{names, held}
@@ -555,57 +526,17 @@ func eachSubscribed(names []string, subscribed map[string]struct{}, wildcard boo
 // only the names matter (see respondSotw).
 const held = "held"
 
-// maxHeldSets bounds the interned held sets; past it they turn over (see
-// internHeld).
-const maxHeldSets = 4096
+// maxExact bounds the pairs holdsExactly remembers.
+const maxExact = 4096
 
-// internHeld returns the interned map with the same names as m, or m,
-// which it interns and numbers (heldID). Interned maps are never
-// modified. Called with mu held.
-func (c *assignmentCache) internHeld(m map[string]string) map[string]string {
-	var sum uint64
-	for n := range m {
-		sum += maphash.String(nameSeed, n)
-	}
-	sum ^= uint64(len(m))
-	for _, other := range c.heldSets[sum] {
-		if sameNames(m, other) {
-			return other
-		}
-	}
-	if len(c.heldSets) >= maxHeldSets {
-		// A turnover: the sets in use are found again through
-		// heldByIDOld (heldOf); a stream holding one older still is
-		// sent what it subscribes to again, once.
-		c.heldByIDOld = c.heldByID
-		c.heldByID = map[uint64]map[string]string{}
-		clear(c.heldSets)
-		clear(c.heldID)
-		clear(c.exact)
-	}
-	c.heldSets[sum] = append(c.heldSets[sum], m)
-	c.nextHeld++
-	c.heldByID[c.nextHeld] = m
-	c.heldID[mapPointer(m)] = c.nextHeld
-	return m
+// internHeld returns the held set with the same names as m, which must
+// not be changed afterwards (see heldBases.intern). Called with mu held.
+func (c *assignmentCache) internHeld(m map[string]string) *heldBase {
+	return c.bases.intern(m, heldSum(m))
 }
 
 // mapPointer identifies a map.
 func mapPointer(m map[string]string) unsafe.Pointer { return reflect.ValueOf(m).UnsafePointer() }
-
-var nameSeed = maphash.MakeSeed()
-
-func sameNames(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for n := range a {
-		if _, ok := b[n]; !ok {
-			return false
-		}
-	}
-	return true
-}
 
 // deltaSynced is the entry of a delta stream's returned map that says up
 // to which cache version the map is complete: every change since is in the
@@ -614,7 +545,7 @@ func sameNames(a, b map[string]string) bool {
 // thousand names a sidecar holds. The entry is not a resource name a client
 // can hold (it starts with a NUL); if a client unsubscribes it anyway, the
 // next request looks at everything.
-const deltaSynced = "\x00minimesh:synced"
+const deltaSynced = reservedPrefix + "synced"
 
 // dueSince returns the names a delta request must be compared on, or nil
 // when the stream's map does not say since when it is complete or the

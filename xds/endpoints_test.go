@@ -3,8 +3,9 @@ package xds
 import (
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
-	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -152,8 +153,8 @@ func TestAssignmentCacheSotwSendsOnlyChangedAssignments(t *testing.T) {
 	if names := sotwNames(t, r); !slices.Equal(names, []string{"b"}) {
 		t.Errorf("the change carries %v, want only [b]", names)
 	}
-	if id := r.GetReturnedResources()[heldKey]; id == "" || id != held[heldKey] {
-		t.Errorf("a change to a held assignment names held set %q, want the same as before, %q", id, held[heldKey])
+	if b := c.bases.of(r.GetReturnedResources()); b == nil || b != c.bases.of(held) {
+		t.Errorf("a change to a held assignment names held set %v, want the same as before, %v", b, c.bases.of(held))
 	}
 
 	// NACKed: guardNack presents the rejected version; nothing is re-sent.
@@ -622,33 +623,45 @@ func TestAssignmentCacheDeltaWildcardSubscription(t *testing.T) {
 	}
 }
 
-// Held sets turn over past maxHeldSets; a stream still naming a set of the
-// previous generation keeps it (so it is not sent everything again), one
-// naming a set two turnovers old holds nothing.
-func TestHeldSetsTurnOverKeepingOneGeneration(t *testing.T) {
+// heldOf returns the held set a state-of-the-world stream's map names.
+func (c *assignmentCache) heldOf(m map[string]string) map[string]string {
+	if b := c.bases.of(m); b != nil {
+		return b.versions
+	}
+	return nil
+}
+
+// A held set lives while a stream's map names it, however many other
+// sets come and go, and is collected once none does; a map naming no
+// set, or one with the bytes of a set's name but not the name itself,
+// holds nothing.
+func TestHeldSetsLiveWhileNamed(t *testing.T) {
 	c := newAssignmentCache("p-")
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	mine := c.internHeld(map[string]string{"a": held})
-	stream := map[string]string{heldKey: strconv.FormatUint(c.heldID[mapPointer(mine)], 10)}
-	fill := func(tag string) {
-		for i := range maxHeldSets {
-			c.internHeld(map[string]string{fmt.Sprintf("%s-%d", tag, i): held})
+	func() { // the stream, and what it names, exist only here
+		c.mu.Lock()
+		mine := c.internHeld(map[string]string{"a": held})
+		stream := map[string]string{heldBaseKey: mine.String()}
+		for i := range 2 * maxExact {
+			c.internHeld(map[string]string{fmt.Sprintf("x-%d", i): held})
 		}
+		c.mu.Unlock()
+		runtime.GC()
+		if c.heldOf(stream) == nil || mapPointer(c.heldOf(stream)) != mapPointer(mine.versions) {
+			t.Fatal("a set a stream names was forgotten")
+		}
+		if c.heldOf(map[string]string{heldBaseKey: strings.Clone(mine.String())}) != nil {
+			t.Error("a copy of a set's name was taken for the name")
+		}
+		if c.heldOf(map[string]string{heldBaseKey: "999999999"}) != nil {
+			t.Error("an unknown set was found")
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.bases.count() > 0 && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
 	}
-	fill("x") // one turnover
-	if mapPointer(c.heldOf(stream)) != mapPointer(mine) {
-		t.Fatal("a set one turnover old was forgotten")
-	}
-	// Found again, mine is in this generation now; two more turnovers
-	// without it being named forget it.
-	fill("y")
-	fill("z")
-	if c.heldOf(stream) != nil {
-		t.Error("a set two turnovers old is still known")
-	}
-	other := map[string]string{heldKey: "999999999"}
-	if c.heldOf(other) != nil {
-		t.Error("an unknown set was found")
+	if n := c.bases.count(); n != 0 {
+		t.Errorf("%d held sets are still registered after nothing names them", n)
 	}
 }

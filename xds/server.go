@@ -7,8 +7,8 @@
 // the fifty groups they form (see configCache and endpointCache). Those
 // two keep some of their per-stream state in the returned-resources maps
 // go-control-plane keeps per stream (reserved entries starting with a NUL,
-// see heldKey, deltaSynced and heldBaseKey: what a delta client holds is a
-// base shared by its group, see heldBase), and the request codec shows
+// see deltaSynced and heldBaseKey: what a client holds is a base shared by
+// its group, see heldBase), and the request codec shows
 // go-control-plane a stand-in for the thousand endpoint names of a
 // request, state-of-the-world or delta (see nameLists.standIn); everything
 // else of the protocol is go-control-plane's.
