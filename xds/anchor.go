@@ -103,7 +103,8 @@ func (a *anchors[T]) lookup(s string) *T {
 	return v
 }
 
-// count returns how many values are registered, for tests.
+// count returns how many values are registered, for tests (see
+// collectedDownTo).
 func (a *anchors[T]) count() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()

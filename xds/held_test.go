@@ -172,12 +172,7 @@ func TestDeltaBasesAreCollected(t *testing.T) {
 		t.Fatal("the base of a live stream's map was collected")
 	}
 	s = nil
-	deadline := time.Now().Add(10 * time.Second)
-	for c.bases.count() > 0 && time.Now().Before(deadline) {
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := c.bases.count(); n != 0 {
+	if n := collectedDownTo(c.bases.count, 0); n != 0 {
 		t.Errorf("%d bases are still registered after every stream naming them is gone", n)
 	}
 }
@@ -309,4 +304,16 @@ func TestDeltaForgottenStandIn(t *testing.T) {
 	if _, err := c.CreateDeltaWatch(req, cl.sub, make(chan cachev3.DeltaResponse, 1)); err == nil {
 		t.Error("a forgotten stand-in was accepted")
 	}
+}
+
+// collectedDownTo runs the garbage collector until count (a registry's)
+// is down to want or 10 s have passed, and returns the count: cleanups
+// run some time after a collection.
+func collectedDownTo(count func() int, want int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for count() > want && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	return count()
 }
