@@ -92,7 +92,9 @@ func (s *Set) PeerAuthenticationFor(rootNamespace string, w Workload) EffectiveP
 //     port-level UNSET inherits the workload's effective mode and is left
 //     out of PortModes.
 //   - Ties within one scope: the oldest creationTimestamp wins, then the
-//     smaller name; each losing policy gets a warning naming the winner.
+//     one served first (Meta.Admitted), then the smaller name; each losing
+//     policy gets a warning naming the winner. A newcomer therefore never
+//     displaces a policy already in force.
 //
 // Applied lists, widest scope first, the chosen policies whose settings
 // decided Mode or a port mode.
@@ -170,11 +172,12 @@ func ComposePeerAuthentication(rootNamespace string, policies []*PeerAuthenticat
 
 func isSetMode(m MTLSMode) bool { return m != "" && m != ModeUnset }
 
-// olderFirst orders policies oldest first, then by name: the first one wins
-// a tie, as in Istio.
+// olderFirst orders policies oldest first (creationTimestamp, then when
+// they were first served), then by name: the first one wins a tie, as in
+// Istio.
 func olderFirst[T Object](a, b T) int {
 	ma, mb := a.GetMeta(), b.GetMeta()
-	return cmp.Or(ma.CreationTimestamp.Compare(mb.CreationTimestamp),
+	return cmp.Or(ma.CreationTimestamp.Compare(mb.CreationTimestamp), ma.Admitted.Compare(mb.Admitted),
 		cmp.Compare(ma.Namespace, mb.Namespace), cmp.Compare(ma.Name, mb.Name))
 }
 

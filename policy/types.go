@@ -17,6 +17,10 @@ import (
 	"time"
 )
 
+// DefaultRootNamespace is where mesh-wide policy lives unless configured
+// otherwise, as in Istio.
+const DefaultRootNamespace = "istio-system"
+
 // Kinds understood by this package.
 const (
 	KindPeerAuthentication    = "PeerAuthentication"
@@ -43,14 +47,21 @@ func (l Location) String() string {
 	}
 }
 
-// Meta identifies one policy object. CreationTimestamp and Name break ties
-// between policies of equal scope (the oldest wins, as in Istio).
+// Meta identifies one policy object. CreationTimestamp, then Admitted,
+// then the name break ties between policies of equal scope: the oldest
+// wins, as in Istio, so adding a policy never displaces one in force.
 type Meta struct {
 	Kind              string    `json:"kind"`
 	Namespace         string    `json:"namespace"`
 	Name              string    `json:"name"`
 	CreationTimestamp time.Time `json:"creationTimestamp,omitzero"`
-	Origin            Location  `json:"origin,omitzero"`
+	// Admitted is when this control plane first served the object (a
+	// source that keeps history sets it; zero otherwise). Manifests in
+	// files have no creationTimestamp, and Kubernetes' has a resolution
+	// of one second, so Admitted is what keeps a newcomer from winning a
+	// tie against a policy already in force.
+	Admitted time.Time `json:"admitted,omitzero"`
+	Origin   Location  `json:"origin,omitzero"`
 }
 
 // Key is "namespace/name".

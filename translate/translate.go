@@ -95,7 +95,7 @@ type Proxy struct {
 const (
 	DefaultTrustDomain   = "cluster.local"
 	DefaultClusterDomain = "cluster.local"
-	DefaultRootNamespace = "istio-system"
+	DefaultRootNamespace = policy.DefaultRootNamespace
 )
 
 // WithDefaults returns o with every empty setting replaced by its default.
