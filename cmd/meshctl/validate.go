@@ -29,11 +29,12 @@ func (p *pathList) Set(v string) error {
 // passes here loads in meshd. Exit 1 when any problem is an error.
 func runValidate(args []string, stdout, stderr io.Writer) int {
 	var paths pathList
-	var namespace string
+	var namespace, rootNamespace string
 	fs := flag.NewFlagSet(programName+" validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var(&paths, "f", "manifest file or directory (*.yaml, *.yml, recursively); repeatable")
 	fs.StringVar(&namespace, "n", "default", "namespace of objects that do not name one")
+	fs.StringVar(&rootNamespace, "root-namespace", policy.DefaultRootNamespace, "namespace whose policies apply mesh-wide (as meshd's flag)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: %s validate -f FILE|DIR [-f FILE|DIR ...] [-n NAMESPACE]\n\n"+
 			"Parses and validates Kubernetes and Istio manifests offline, exactly as meshd\n"+
@@ -64,7 +65,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s validate: %v\n", programName, err)
 		return exitFailed
 	}
-	snap := file.Build(files, file.Options{DefaultNamespace: namespace})
+	snap := file.Build(files, file.Options{DefaultNamespace: namespace, RootNamespace: rootNamespace})
 	errs, warns := 0, 0
 	for _, p := range snap.Problems {
 		fmt.Fprintln(stdout, formatProblem(p))

@@ -29,12 +29,12 @@ func BenchmarkReassemble(b *testing.B) {
 	if prob != nil {
 		b.Fatal(prob)
 	}
-	first := assemble(docs, nil, Options{})
+	first := assemble(docs, nil, Options{}, nil)
 	if len(first.Services) != 1000 || len(first.Workloads) != 4000 {
 		b.Fatalf("generated mesh: %d services, %d workloads", len(first.Services), len(first.Workloads))
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		assemble(docs, nil, Options{})
+		assemble(docs, nil, Options{}, nil)
 	}
 }

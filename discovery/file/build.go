@@ -28,9 +28,20 @@ type Options struct {
 	// DefaultNamespace is the namespace of namespaced objects whose
 	// metadata names none, as `kubectl apply -n` would. Empty means "default".
 	DefaultNamespace string
+	// RootNamespace holds mesh-wide policy; empty means
+	// policy.DefaultRootNamespace. Conflicts between mesh-wide policies
+	// are decided when the snapshot is built.
+	RootNamespace string
 	// Observe is told of every change a Source sees in its directory,
 	// when it sees it (see discovery.Observer). Build does not use it.
 	Observe discovery.Observer
+}
+
+func (o Options) rootNamespace() string {
+	if o.RootNamespace == "" {
+		return policy.DefaultRootNamespace
+	}
+	return o.RootNamespace
 }
 
 func (o Options) defaultNamespace() string {
@@ -70,17 +81,23 @@ func Build(files []File, opts Options) *model.Snapshot {
 		}
 		docs = append(docs, d...)
 	}
-	return assemble(docs, problems, opts)
+	return assemble(docs, problems, opts, nil)
 }
 
 // assemble builds a snapshot from parsed documents (in file order) plus
-// problems already found about whole files.
-func assemble(docs []document, problems []model.Problem, opts Options) *model.Snapshot {
-	b := &builder{opts: opts, seen: map[string]policy.Location{}, problems: problems}
+// problems already found about whole files. hist, when not nil, is what
+// earlier builds served (see history); it is updated.
+func assemble(docs []document, problems []model.Problem, opts Options, hist *history) *model.Snapshot {
+	b := &builder{opts: opts, seen: map[string]policy.Location{}, problems: problems, hist: hist}
 	for i := range docs {
 		b.add(&docs[i])
 	}
-	return b.snapshot()
+	b.restoreHeld()
+	s := b.snapshot()
+	if hist != nil {
+		hist.commit()
+	}
+	return s
 }
 
 // builder collects objects of every kind before endpoints are derived,
@@ -97,6 +114,14 @@ type builder struct {
 	// nsUses remembers objects that live in a namespace, to warn when the
 	// namespace is declared nowhere (usually a typo).
 	nsUses []nsUse
+
+	// hist, when set, keeps the last valid version of refused objects in
+	// force (see history); refused and unnamedDocs say what was refused,
+	// held what was kept in its place.
+	hist        *history
+	refused     []obj
+	unnamedDocs map[string]int // file -> line of its first document that cannot be named
+	held        []model.Held
 }
 
 type nsUse struct {
@@ -148,6 +173,7 @@ func (b *builder) add(d *document) {
 	o := obj{d: d}
 	if d.root != yaml.MappingNode {
 		b.errorf(o, "", "a document must be a mapping with apiVersion, kind, metadata and spec, not a list or a single value")
+		b.unnamed(o)
 		return
 	}
 	if d.memo.hdr == nil {
@@ -172,34 +198,60 @@ func (b *builder) add(d *document) {
 		for _, is := range d.issues {
 			b.report(o, policy.SeverityError, is.path, is.line, "%s", is.msg)
 		}
+		if id.missing || !supportedKind(apiVersion, kind) || !validIdentity(o, clusterScoped) {
+			b.unnamed(o)
+		} else {
+			b.refuse(o)
+		}
 		return
 	}
 	switch {
 	case id.missing:
 		b.errorf(o, "", "every document needs apiVersion and kind (for example apiVersion: v1, kind: Service)")
+		b.unnamed(o)
 		return
 	case apiVersion == "" || kind == "":
 		b.errorf(o, "kind", "apiVersion and kind must be non-empty strings")
+		b.unnamed(o)
 		return
 	}
 	if !b.checkIdentity(o, clusterScoped) {
+		b.unnamed(o)
 		return
 	}
 
+	var restore func(*builder)
 	switch {
 	case apiVersion == "v1" && kind == "Namespace":
-		b.addNamespace(o)
+		restore = b.addNamespace(o)
 	case apiVersion == "v1" && kind == "Service":
-		b.addService(o)
+		restore = b.addService(o)
 	case apiVersion == "v1" && kind == "Pod":
-		b.addPod(o)
+		restore = b.addPod(o)
 	case apiVersion == "discovery.k8s.io/v1" && kind == "EndpointSlice":
-		b.addEndpointSlice(o)
+		restore = b.addEndpointSlice(o)
 	case policy.IsPolicyKind(apiVersion, kind):
-		b.addPolicy(o, apiVersion, kind)
+		restore = b.addPolicy(o, apiVersion, kind)
 	default:
 		b.errorf(o, "kind", "%s %s is not supported; minimesh reads %s", apiVersion, kind, supportedKinds)
+		b.unnamed(o)
+		return
 	}
+	if restore == nil {
+		b.refuse(o)
+		return
+	}
+	b.served(o, restore)
+}
+
+// supportedKind reports whether minimesh reads apiVersion/kind.
+func supportedKind(apiVersion, kind string) bool {
+	switch {
+	case apiVersion == "v1" && (kind == "Namespace" || kind == "Service" || kind == "Pod"),
+		apiVersion == "discovery.k8s.io/v1" && kind == "EndpointSlice":
+		return true
+	}
+	return policy.IsPolicyKind(apiVersion, kind)
 }
 
 // identity is what a document's header says of it, kept for every reload
@@ -218,6 +270,12 @@ func (h header) identity() *identity {
 		id.namespace, _ = md["namespace"].(string)
 	}
 	return id
+}
+
+// validIdentity is checkIdentity without reports.
+func validIdentity(o obj, clusterScoped bool) bool {
+	quiet := &builder{}
+	return quiet.checkIdentity(o, clusterScoped)
 }
 
 // checkIdentity validates metadata.name and metadata.namespace, which every
@@ -369,12 +427,18 @@ func (u nsUse) problem() model.Problem {
 	}
 }
 
-func (b *builder) addNamespace(o obj) {
+// The add functions below admit one object of their kind, or report why
+// not. They return how to add the admitted object to a builder (called
+// once now, and again by a later build while a newer version of the
+// object is refused), or nil when the object is refused.
+
+func (b *builder) addNamespace(o obj) func(*builder) {
 	var ns corev1.Namespace
 	if !b.decodeStrict(o, &ns, "a v1 Namespace") || !b.checkLabels(o, ns.Labels) || !b.claim(o) {
-		return
+		return nil
 	}
-	b.namespaces = append(b.namespaces, convert.Namespace(&ns))
+	m := convert.Namespace(&ns)
+	return func(b *builder) { b.namespaces = append(b.namespaces, m) }
 }
 
 func (b *builder) checkLabels(o obj, labels map[string]string) bool {
@@ -407,13 +471,13 @@ func admitChecked[T any](b *builder, o obj, v *T, typeName string, check func(ob
 	return b.accept(o, ok)
 }
 
-func (b *builder) addService(o obj) {
+func (b *builder) addService(o obj) func(*builder) {
 	var s corev1.Service
 	if !admitChecked(b, o, &s, "a v1 Service", b.checkService) {
-		return
+		return nil
 	}
 	s.Namespace, s.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
-	b.services = append(b.services, &s)
+	return func(b *builder) { b.services = append(b.services, &s) }
 }
 
 // checkService reports every problem of one Service that its document
@@ -491,13 +555,13 @@ func (b *builder) checkService(o obj, s *corev1.Service) bool {
 	return ok
 }
 
-func (b *builder) addPod(o obj) {
+func (b *builder) addPod(o obj) func(*builder) {
 	var p corev1.Pod
 	if !admitChecked(b, o, &p, "a v1 Pod", b.checkPod) {
-		return
+		return nil
 	}
 	p.Namespace, p.Name = o.ns, o.name // the namespace is defaulted when the manifest names none
-	b.pods = append(b.pods, &p)
+	return func(b *builder) { b.pods = append(b.pods, &p) }
 }
 
 // checkPod reports every problem of one Pod that its document alone
@@ -537,10 +601,10 @@ func (b *builder) checkPod(o obj, p *corev1.Pod) bool {
 	return ok
 }
 
-func (b *builder) addEndpointSlice(o obj) {
+func (b *builder) addEndpointSlice(o obj) func(*builder) {
 	var s discoveryv1.EndpointSlice
 	if !b.decodeStrict(o, &s, "a discovery.k8s.io/v1 EndpointSlice") {
-		return
+		return nil
 	}
 	ok := b.checkLabels(o, s.Labels)
 	if s.Labels[discoveryv1.LabelServiceName] == "" {
@@ -583,10 +647,11 @@ func (b *builder) addEndpointSlice(o obj) {
 		}
 	}
 	if !b.accept(o, ok) {
-		return
+		return nil
 	}
 	s.Namespace = o.ns // defaulted when the manifest names none
-	b.slices = append(b.slices, endpointSlice{slice: &s, doc: o.d})
+	es := endpointSlice{slice: &s, doc: o.d}
+	return func(b *builder) { b.slices = append(b.slices, es) }
 }
 
 // policyObject is the envelope of an Istio custom resource. Its spec is
@@ -599,10 +664,10 @@ type policyObject struct {
 	Status     json.RawMessage   `json:"status"`
 }
 
-func (b *builder) addPolicy(o obj, apiVersion, kind string) {
+func (b *builder) addPolicy(o obj, apiVersion, kind string) func(*builder) {
 	var env policyObject
 	if !b.decodeStrict(o, &env, "an Istio "+kind) || !b.checkLabels(o, env.Metadata.Labels) {
-		return
+		return nil
 	}
 	if len(env.Status) > 0 {
 		b.warnf(o, "status", "status is written by a control plane, not read from manifests; it is ignored")
@@ -629,9 +694,10 @@ func (b *builder) addPolicy(o obj, apiVersion, kind string) {
 		b.problems = append(b.problems, pr)
 	}
 	if p == nil || problems.HasErrors() || !b.claim(o) {
-		return
+		return nil
 	}
-	b.policies.Add(p)
+	p.GetMeta().Admitted = b.firstServed(o)
+	return func(b *builder) { b.policies.Add(p) }
 }
 
 func (b *builder) snapshot() *model.Snapshot {
@@ -652,6 +718,15 @@ func (b *builder) snapshot() *model.Snapshot {
 			b.problems = append(b.problems, u.problem())
 		}
 	}
+	s.Held = b.held
+	workloads := make([]policy.NamedWorkload, 0, len(b.pods))
+	for _, p := range b.pods {
+		workloads = append(workloads, policy.NamedWorkload{Name: p.Name, Workload: policy.Workload{Namespace: p.Namespace, Labels: p.Labels}})
+	}
+	var conflicts policy.Problems
+	s.Policies.PeerAuthentications, conflicts = policy.ResolvePeerAuthenticationConflicts(
+		b.opts.rootNamespace(), s.Policies.PeerAuthentications, workloads)
+	b.problems = append(b.problems, conflicts...)
 	for _, svc := range b.services {
 		s.Services = append(s.Services, convert.Service(svc))
 	}

@@ -40,6 +40,8 @@ type Source struct {
 	files   map[string]*fileState
 	watched map[string]bool
 	last    *model.Snapshot
+	// hist is what the last build served, object by object (see history).
+	hist *history
 }
 
 // fileState is what the source remembers about one file between reloads.
@@ -64,7 +66,7 @@ func New(dir string, opts Options, log *slog.Logger) *Source {
 	return &Source{
 		dir: dir, opts: opts, log: log,
 		quiet: 10 * time.Millisecond, maxDelay: 500 * time.Millisecond, retry: time.Second,
-		files: map[string]*fileState{}, watched: map[string]bool{},
+		files: map[string]*fileState{}, watched: map[string]bool{}, hist: newHistory(),
 	}
 }
 
@@ -264,7 +266,8 @@ func (s *Source) snapshot() *model.Snapshot {
 		}
 		docs = append(docs, st.good...)
 	}
-	return assemble(docs, problems, s.opts)
+	s.hist.begin(time.Now())
+	return assemble(docs, problems, s.opts, s.hist)
 }
 
 // publishIfChanged publishes the directory's snapshot unless it describes

@@ -37,6 +37,11 @@ type Snapshot struct {
 	// Problems lists objects that were skipped (errors) or accepted with
 	// warnings. Translation never reads them; the debug API shows them.
 	Problems []Problem `json:"problems,omitempty"`
+	// Held lists objects whose newest version was refused while an older,
+	// valid version of the same object stays in force (see Held). Their
+	// served versions are in the slices above; translation never reads
+	// this list.
+	Held []Held `json:"held,omitempty"`
 	// JWKS holds the key sets fetched for RequestAuthentication jwksUri
 	// values, keyed by URI. Sources never fill it: discovery/jwks does,
 	// so translation can inline keys without doing I/O itself.
@@ -58,6 +63,25 @@ func (s *Snapshot) SameMesh(o *Snapshot) bool {
 	a, b := *s, *o
 	a.ObservedAt, b.ObservedAt = time.Time{}, time.Time{}
 	return reflect.DeepEqual(a, b)
+}
+
+// Held is one object whose newest version was refused (it is invalid, or
+// its file has a document minimesh cannot name) while the last valid
+// version of the same object keeps serving: a mistake never removes what
+// a proxy had. Only removing the object removes it.
+type Held struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	// Refused says which version was refused: "file.yaml:12" or
+	// "resourceVersion 812".
+	Refused string `json:"refused"`
+	// Serving says which version is served instead: where it was read
+	// and when it was first served ("file.yaml:12 as loaded at
+	// 2026-12-07T14:02:03Z") or "resourceVersion 790".
+	Serving string `json:"serving"`
+	// Reason is why the newest version was refused, in one line.
+	Reason string `json:"reason"`
 }
 
 // Namespace is a Kubernetes namespace.
@@ -157,6 +181,9 @@ func (s *Snapshot) Sort() {
 		})
 	}
 	s.Policies.Sort()
+	slices.SortFunc(s.Held, func(a, b Held) int {
+		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
 }
 
 // Service returns the service namespace/name, or nil.
