@@ -101,6 +101,7 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 		InvalidObjects: invalid,
 		EventRecorder:  recorder,
 		Observe:        observe,
+		RootNamespace:  cfg.RootNamespace,
 	})
 	if err != nil {
 		broadcaster.Shutdown()

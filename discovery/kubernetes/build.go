@@ -21,13 +21,18 @@ type inputs struct {
 	pods       []*corev1.Pod
 	slices     []*discoveryv1.EndpointSlice
 	policies   []decoded
+	// rootNamespace holds mesh-wide policy (policy.DefaultRootNamespace
+	// when empty).
+	rootNamespace string
 }
 
 // decoded is one policy custom resource after policy.Decode: obj is nil
-// when the resource has errors (problems say which).
+// when the resource has errors (problems say which), unless an earlier
+// valid version is held in its place (held says which).
 type decoded struct {
 	obj      policy.Object
 	problems policy.Problems
+	held     *model.Held
 }
 
 // convertOptions are the cluster's rules where they differ from the file
@@ -43,6 +48,13 @@ var convertOptions = convert.Options{}
 // only adds its own reporting: ExternalName services are skipped with a
 // warning, as the file source refuses them.
 func build(in inputs) *model.Snapshot {
+	s, _ := buildReportingConflicts(in)
+	return s
+}
+
+// buildReportingConflicts is build that also returns the problems of
+// conflicting policies, which the source reports as Events too.
+func buildReportingConflicts(in inputs) (*model.Snapshot, policy.Problems) {
 	s := &model.Snapshot{
 		Namespaces: []model.Namespace{},
 		Services:   []model.Service{},
@@ -75,11 +87,22 @@ func build(in inputs) *model.Snapshot {
 		if d.obj != nil {
 			s.Policies.Add(d.obj)
 		}
+		if d.held != nil {
+			s.Held = append(s.Held, *d.held)
+		}
 	}
+	workloads := make([]policy.NamedWorkload, 0, len(in.pods))
+	for _, p := range in.pods {
+		workloads = append(workloads, policy.NamedWorkload{Name: p.Name, Workload: policy.Workload{Namespace: p.Namespace, Labels: p.Labels}})
+	}
+	var conflicts policy.Problems
+	s.Policies.PeerAuthentications, conflicts = policy.ResolvePeerAuthenticationConflicts(
+		cmp.Or(in.rootNamespace, policy.DefaultRootNamespace), s.Policies.PeerAuthentications, workloads)
+	s.Problems = append(s.Problems, conflicts...)
 	slices.SortFunc(s.Problems, func(a, b model.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace),
 			cmp.Compare(a.Name, b.Name), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
 	})
 	s.Sort()
-	return s
+	return s, conflicts
 }

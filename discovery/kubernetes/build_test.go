@@ -216,7 +216,7 @@ func TestDecodeCache(t *testing.T) {
 		map[string]any{"rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"a*b"}}}}}}})
 	empty := policyObject("security.istio.io/v1", policy.KindAuthorizationPolicy, "default", "deny-all", "1", nil)
 
-	got := c.decodeAll([]*unstructured.Unstructured{strict, bad, empty})
+	got := c.decodeAll([]*unstructured.Unstructured{strict, bad, empty}, time.Time{})
 	if len(got) != 3 {
 		t.Fatalf("decodeAll returned %d results, want 3", len(got))
 	}
@@ -237,10 +237,10 @@ func TestDecodeCache(t *testing.T) {
 	// Unchanged versions are not decoded (or reported) again; a new version is.
 	bad2 := bad.DeepCopy()
 	bad2.SetResourceVersion("2")
-	c.decodeAll([]*unstructured.Unstructured{strict, bad2, empty})
+	c.decodeAll([]*unstructured.Unstructured{strict, bad2, empty}, time.Time{})
 	// A deleted object is forgotten: if it comes back it is reported again.
-	c.decodeAll([]*unstructured.Unstructured{bad2})
-	c.decodeAll([]*unstructured.Unstructured{strict, bad2})
+	c.decodeAll([]*unstructured.Unstructured{bad2}, time.Time{})
+	c.decodeAll([]*unstructured.Unstructured{strict, bad2}, time.Time{})
 	want := []string{"default@1", "bad@1", "deny-all@1", "bad@2", "default@1"}
 	if diff := cmp.Diff(want, decodedVersions); diff != "" {
 		t.Errorf("decoded versions (-want +got):\n%s", diff)
@@ -408,5 +408,58 @@ func TestBuildMatchesFileSource(t *testing.T) {
 	// Guard against both agreeing on nothing.
 	if eps := fromCluster.EndpointsFor("shop", "product", 80); eps == nil || len(eps.Endpoints) != 3 {
 		t.Errorf("endpoints of shop/product:80 = %+v, want 3", eps)
+	}
+}
+
+func TestDecodeCacheKeepsLastValidVersion(t *testing.T) {
+	var events []string
+	c := newDecodeCache(func(u *unstructured.Unstructured, d decoded) {
+		if d.held != nil {
+			events = append(events, u.GetResourceVersion()+" held "+d.held.Serving)
+		}
+	})
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	strict := policyObject("security.istio.io/v1", policy.KindPeerAuthentication, "default", "default", "1",
+		map[string]any{"mtls": map[string]any{"mode": "STRICT"}})
+	typo := strict.DeepCopy()
+	typo.SetResourceVersion("2")
+	typo.Object["spec"] = map[string]any{"mtls": map[string]any{"mode": "STRICTT"}}
+
+	first := c.decodeAll([]*unstructured.Unstructured{strict}, t0)
+	pa := first[0].obj.(*policy.PeerAuthentication)
+	if !pa.Admitted.Equal(t0) {
+		t.Errorf("admitted = %v, want %v", pa.Admitted, t0)
+	}
+
+	held := c.decodeAll([]*unstructured.Unstructured{typo}, t0.Add(time.Minute))
+	if held[0].obj != first[0].obj {
+		t.Errorf("the invalid version replaced the valid one: obj = %#v", held[0].obj)
+	}
+	if !held[0].problems.HasErrors() {
+		t.Errorf("the invalid version's errors are not reported: %v", held[0].problems)
+	}
+	want := &model.Held{Kind: policy.KindPeerAuthentication, Namespace: "default", Name: "default",
+		Refused: "resourceVersion 2", Serving: "resourceVersion 1"}
+	if h := held[0].held; h == nil || h.Refused != want.Refused || h.Serving != want.Serving || !strings.Contains(h.Reason, "STRICTT") {
+		t.Errorf("held = %+v, want %+v with the reason naming STRICTT", h, want)
+	}
+	if diff := cmp.Diff([]string{"2 held resourceVersion 1"}, events); diff != "" {
+		t.Errorf("reports (-want +got):\n%s", diff)
+	}
+
+	// A fixed version is served (and keeps when it was first admitted).
+	fixed := strict.DeepCopy()
+	fixed.SetResourceVersion("3")
+	fixed.Object["spec"] = map[string]any{"mtls": map[string]any{"mode": "PERMISSIVE"}}
+	got := c.decodeAll([]*unstructured.Unstructured{fixed}, t0.Add(2*time.Minute))
+	if p := got[0].obj.(*policy.PeerAuthentication); p.Spec.MTLS.Mode != policy.ModePermissive || !p.Admitted.Equal(t0) || got[0].held != nil {
+		t.Errorf("fixed version: mode %s admitted %v held %v, want PERMISSIVE admitted %v, not held", p.Spec.MTLS.Mode, p.Admitted, got[0].held, t0)
+	}
+
+	// Deleting the object forgets it: re-created invalid, nothing is served.
+	c.decodeAll(nil, t0.Add(3*time.Minute))
+	again := c.decodeAll([]*unstructured.Unstructured{typo}, t0.Add(4*time.Minute))
+	if again[0].obj != nil || again[0].held != nil {
+		t.Errorf("a re-created invalid object was served: %+v", again[0])
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 )
 
@@ -46,16 +48,29 @@ var policyKinds = []policyKind{
 // resourceVersion. Only the snapshot loop uses it, so it needs no lock. It
 // makes decoding (and the Event, log line and metric for a bad object)
 // happen once per version of an object, not once per snapshot.
+//
+// It also keeps each object's last valid version: when an edit makes an
+// object invalid, that version stays in force (a typo never removes a
+// STRICT policy or a DENY rule); only deleting the object removes it. The
+// history lives as long as the object's UID, so a deleted and re-created
+// object starts afresh, and a restarted meshd knows only what the API
+// server holds (the validating webhook keeps invalid versions out of it).
 type decodeCache struct {
 	entries map[types.UID]cacheEntry
-	// onDecoded is called for each newly decoded version.
+	// onDecoded is called for each newly decoded version, with the
+	// version held in its place when it is invalid.
 	onDecoded func(u *unstructured.Unstructured, d decoded)
 }
 
 type cacheEntry struct {
 	resourceVersion string
 	d               decoded
-	seen            bool // during the current sweep
+	// good is the last valid version, goodVersion its resourceVersion,
+	// admitted when the object was first valid.
+	good        policy.Object
+	goodVersion string
+	admitted    time.Time
+	seen        bool // during the current sweep
 }
 
 func newDecodeCache(onDecoded func(*unstructured.Unstructured, decoded)) *decodeCache {
@@ -63,13 +78,36 @@ func newDecodeCache(onDecoded func(*unstructured.Unstructured, decoded)) *decode
 }
 
 // decodeAll decodes every object, reusing earlier results for unchanged
-// versions, and forgets objects that are gone.
-func (c *decodeCache) decodeAll(objs []*unstructured.Unstructured) []decoded {
+// versions, serving the last valid version of objects whose newest version
+// is invalid, and forgetting objects that are gone. now is when objects
+// seen valid for the first time are admitted (policy.Meta.Admitted).
+func (c *decodeCache) decodeAll(objs []*unstructured.Unstructured, now time.Time) []decoded {
 	out := make([]decoded, 0, len(objs))
 	for _, u := range objs {
 		e, ok := c.entries[u.GetUID()]
 		if !ok || e.resourceVersion != u.GetResourceVersion() {
-			e = cacheEntry{resourceVersion: u.GetResourceVersion(), d: decodeObject(u)}
+			e.resourceVersion = u.GetResourceVersion()
+			e.d = decodeObject(u)
+			if e.d.obj != nil {
+				if e.admitted.IsZero() {
+					e.admitted = now
+				}
+				e.d.obj.GetMeta().Admitted = e.admitted
+				e.good, e.goodVersion = e.d.obj, e.resourceVersion
+			} else if e.good != nil {
+				e.d.held = &model.Held{
+					Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
+					Refused: "resourceVersion " + e.resourceVersion,
+					Serving: "resourceVersion " + e.goodVersion,
+					Reason:  "this version is invalid: " + firstError(e.d.problems),
+				}
+				e.d.obj = e.good
+				e.d.problems = append(e.d.problems, policy.Problem{
+					Severity: policy.SeverityWarning, Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(),
+					Message: "resourceVersion " + e.resourceVersion + " is refused; the last valid version, resourceVersion " +
+						e.goodVersion + ", stays in force until the object is fixed or deleted",
+				})
+			}
 			if c.onDecoded != nil {
 				c.onDecoded(u, e.d)
 			}
@@ -87,6 +125,19 @@ func (c *decodeCache) decodeAll(objs []*unstructured.Unstructured) []decoded {
 		c.entries[uid] = e
 	}
 	return out
+}
+
+// firstError is the first error of ps, as "field: message".
+func firstError(ps policy.Problems) string {
+	for _, p := range ps {
+		if p.Severity == policy.SeverityError {
+			if p.Field != "" {
+				return p.Field + ": " + p.Message
+			}
+			return p.Message
+		}
+	}
+	return "see the object's problems"
 }
 
 // decodeObject turns one custom resource into a policy object. Everything
@@ -123,6 +174,31 @@ type reporter struct {
 	log      *slog.Logger
 	recorder record.EventRecorder
 	count    func(kind string)
+	// conflicts are the conflict problems reported so far, so that each
+	// is reported once while it lasts, not once per snapshot.
+	conflicts map[policy.Problem]bool
+}
+
+// ReasonPolicyConflict: the object competes with an older policy at the
+// same scope and is not (or not wholly) in force.
+const ReasonPolicyConflict = "PolicyConflict"
+
+// reportConflicts records an Event and a log line for each conflict not
+// reported before, and forgets conflicts that ended.
+func (r *reporter) reportConflicts(ps policy.Problems) {
+	now := map[policy.Problem]bool{}
+	for _, p := range ps {
+		now[p] = true
+		if r.conflicts[p] {
+			continue
+		}
+		r.log.Warn("conflicting policies", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "problem", p.Message)
+		if r.recorder != nil {
+			ref := &corev1.ObjectReference{APIVersion: policy.GroupSecurity + "/v1", Kind: p.Kind, Namespace: p.Namespace, Name: p.Name}
+			r.recorder.Event(ref, corev1.EventTypeWarning, ReasonPolicyConflict, eventMessage("", policy.Problems{p}, p.Severity))
+		}
+	}
+	r.conflicts = now
 }
 
 func (r *reporter) report(u *unstructured.Unstructured, d decoded) {
@@ -136,6 +212,19 @@ func (r *reporter) report(u *unstructured.Unstructured, d decoded) {
 	}
 	attrs := []any{"kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(),
 		"resourceVersion", u.GetResourceVersion()}
+	if d.held != nil {
+		msg := eventMessage("this version is refused and "+d.held.Serving+", the last valid one, stays in force: ",
+			d.problems, policy.SeverityError)
+		r.log.Warn("refusing an invalid version of a policy; its last valid version stays in force",
+			append(attrs, "serving", d.held.Serving, "problems", problemStrings(d.problems))...)
+		if r.recorder != nil {
+			r.recorder.Event(ref, corev1.EventTypeWarning, ReasonInvalidPolicy, msg)
+		}
+		if r.count != nil {
+			r.count(u.GetKind())
+		}
+		return
+	}
 	if d.obj == nil {
 		msg := eventMessage("policy is not applied: ", d.problems, policy.SeverityError)
 		r.log.Warn("skipping invalid policy", append(attrs, "problems", problemStrings(d.problems))...)

@@ -106,6 +106,11 @@ type Options struct {
 	// Observe is told of every informer event, when it arrives (see
 	// discovery.Observer).
 	Observe discovery.Observer
+
+	// RootNamespace holds mesh-wide policy; policy.DefaultRootNamespace
+	// when empty. Conflicts between mesh-wide policies are decided when
+	// the snapshot is built.
+	RootNamespace string
 }
 
 // Source watches one Kubernetes API server. Create it with New; Run it once.
@@ -118,6 +123,7 @@ type Source struct {
 	invalid  *prometheus.CounterVec
 	recorder record.EventRecorder
 	observe  discovery.Observer
+	root     string
 }
 
 // New checks the options and returns a Source. It does not contact the API
@@ -132,6 +138,7 @@ func New(opts Options) (*Source, error) {
 		invalid:  opts.InvalidObjects,
 		recorder: opts.EventRecorder,
 		observe:  opts.Observe,
+		root:     opts.RootNamespace,
 	}
 	if s.recheck <= 0 {
 		s.recheck = DefaultKindRecheck
@@ -255,7 +262,8 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	var last *model.Snapshot
 	publishIfChanged := func() {
 		observed := firstChange.Swap(nil)
-		snap := build(s.collect(w, dc))
+		snap, conflicts := buildReportingConflicts(s.collect(w, dc))
+		rep.reportConflicts(conflicts)
 		if last != nil && last.SameMesh(snap) {
 			return
 		}
@@ -413,7 +421,8 @@ func (s *Source) collect(w *watched, dc *decodeCache) inputs {
 		return cmp.Or(cmp.Compare(a.GetKind(), b.GetKind()),
 			cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 	})
-	in.policies = dc.decodeAll(objs)
+	in.policies = dc.decodeAll(objs, time.Now())
+	in.rootNamespace = s.root
 	return in
 }
 
