@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 )
 
@@ -37,6 +38,9 @@ type SyncStatus struct {
 	Ready   bool          `json:"ready"`
 	Proxies []ProxyStatus `json:"proxies"`
 	Groups  []GroupStatus `json:"groups"`
+	// Held lists objects whose newest version was refused while their
+	// last valid version is served in its place (model.Snapshot.Held).
+	Held []model.Held `json:"held,omitempty"`
 }
 
 // ProxyStatus is one connected proxy: one node ID, with all its streams.
@@ -193,6 +197,9 @@ func (s *Server) SyncStatus() SyncStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := SyncStatus{Ready: s.Ready(), Proxies: []ProxyStatus{}, Groups: []GroupStatus{}}
+	if s.model != nil {
+		out.Held = s.model.Held
+	}
 	members := map[string]int{}
 	for _, n := range s.nodes {
 		if !n.live() {

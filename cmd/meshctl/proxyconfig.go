@@ -196,6 +196,10 @@ func printProxyNotes(w io.Writer, st xds.SyncStatus, p xds.ProxyStatus) {
 	if p.Certificate != nil && p.Certificate.Error != "" {
 		fmt.Fprintf(w, "warning: no workload certificate for %s: %s\n", name, p.Certificate.Error)
 	}
+	for _, h := range st.Held {
+		fmt.Fprintf(w, "note: %s %s: the version at %s is refused (%s); meshd serves %s in its place\n",
+			h.Kind, strings.TrimPrefix(h.Namespace+"/"+h.Name, "/"), h.Refused, h.Reason, h.Serving)
+	}
 }
 
 // dumpParts unpacks the sections of a config dump.

@@ -273,7 +273,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			authn = kube.authn
 		}
 	} else {
-		src = file.New(cfg.ConfigDir, file.Options{Observe: observe}, log.With("source", "file"))
+		src = file.New(cfg.ConfigDir, file.Options{RootNamespace: cfg.RootNamespace, Observe: observe}, log.With("source", "file"))
 	}
 	// Key sets named by jwksUri are fetched here, so proxies need no egress
 	// and translation does no I/O.
@@ -337,7 +337,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		errs <- nil
 	}()
 	go func() { errs <- srv.Serve(ctx, xdsLis) }()
-	p := &pipeline{log: log, xds: srv}
+	held := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "minimesh_discovery_held_objects",
+		Help: "Objects whose newest version was refused while their last valid version stays in force, by kind.",
+	}, []string{"kind"})
+	if err := registry.Register(held); err != nil {
+		return fmt.Errorf("registering the held-objects metric: %w", err)
+	}
+	p := &pipeline{log: log, xds: srv, held: held}
 	go func() {
 		if err := src.Run(ctx, p.publish); err != nil {
 			errs <- fmt.Errorf("loading the mesh: %w", err)
@@ -374,12 +381,19 @@ func defaultCADir() string {
 
 // pipeline receives every snapshot the source publishes and hands it on.
 type pipeline struct {
-	log *slog.Logger
-	xds *xds.Server
+	log  *slog.Logger
+	xds  *xds.Server
+	held *prometheus.GaugeVec
 }
 
 func (p *pipeline) publish(s *model.Snapshot) {
 	logSnapshot(p.log, s)
+	if p.held != nil {
+		p.held.Reset()
+		for _, h := range s.Held {
+			p.held.WithLabelValues(h.Kind).Inc()
+		}
+	}
 	if p.xds != nil {
 		p.xds.Update(s)
 	}
@@ -391,6 +405,11 @@ func logSnapshot(log *slog.Logger, s *model.Snapshot) {
 	endpoints, errs, warns := 0, 0, 0
 	for _, se := range s.Endpoints {
 		endpoints += len(se.Endpoints)
+	}
+	for _, h := range s.Held {
+		log.Warn("invalid version refused; the last valid version stays in force",
+			"kind", h.Kind, "object", strings.TrimPrefix(h.Namespace+"/"+h.Name, "/"),
+			"refused", h.Refused, "serving", h.Serving, "reason", h.Reason)
 	}
 	for _, pr := range s.Problems {
 		attrs := []any{"at", pr.Location.String()}
@@ -414,7 +433,7 @@ func logSnapshot(log *slog.Logger, s *model.Snapshot) {
 		"namespaces", len(s.Namespaces), "services", len(s.Services), "workloads", len(s.Workloads),
 		"endpoints", endpoints,
 		"policies", len(ps.PeerAuthentications)+len(ps.DestinationRules)+len(ps.AuthorizationPolicies)+len(ps.RequestAuthentications),
-		"errors", errs, "warnings", warns)
+		"errors", errs, "warnings", warns, "held", len(s.Held))
 }
 
 // withPprof adds Go's profiler under /debug/pprof/ in front of h.
