@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -21,7 +22,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
 	clientset "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -444,6 +447,94 @@ spec:
 		}
 	})
 
+	t.Run("an invalid edit keeps the last valid version until the object is deleted", func(t *testing.T) {
+		before := pub.waitSnapshot(t, "allow-get and the STRICT PeerAuthentication", func(s *model.Snapshot) bool {
+			return len(s.Policies.AuthorizationPolicies) == 1 && len(s.Policies.PeerAuthentications) == 1
+		})
+		// Misspelt fields the CRD schema keeps (the API server accepts
+		// them); with server-side apply the correct fields are removed.
+		err := env.Apply(ctx, []byte(`
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec:
+  mTLS: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-get, namespace: shop}
+spec:
+  selector: {matchLabels: {app: product}}
+  rules:
+  - to:
+    - operation:
+        method: [GET]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: product, namespace: shop}
+spec:
+  host: product
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL, sniName: product}
+`), kubeenv.ApplyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := pub.waitSnapshot(t, "three held objects", func(s *model.Snapshot) bool { return len(s.Held) == 3 })
+		if diff := cmp.Diff(before.Policies, held.Policies); diff != "" {
+			t.Errorf("an invalid edit changed the policies in force (-before +after):\n%s", diff)
+		}
+		for _, h := range held.Held {
+			if !strings.HasPrefix(h.Refused, "resourceVersion ") || !strings.HasPrefix(h.Serving, "resourceVersion ") || h.Refused == h.Serving {
+				t.Errorf("held %s %s/%s: refused %q, serving %q; want two different resourceVersions", h.Kind, h.Namespace, h.Name, h.Refused, h.Serving)
+			}
+		}
+		if ev := waitEventWith(t, admin, ns, "default", "stays in force"); ev.Reason != kubernetes.ReasonInvalidPolicy || !strings.Contains(ev.Message, "mTLS") {
+			t.Errorf("event on the held PeerAuthentication = %s %q; want %s naming mTLS", ev.Reason, ev.Message, kubernetes.ReasonInvalidPolicy)
+		}
+
+		// A second namespace-wide PeerAuthentication is a newcomer: it
+		// is refused, with an Event, and changes nothing.
+		if err := env.Apply(ctx, []byte(`
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: aaa-permissive, namespace: shop}
+spec:
+  mtls: {mode: PERMISSIVE}
+`), kubeenv.ApplyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		conflict := pub.waitSnapshot(t, "the conflict reported", func(s *model.Snapshot) bool {
+			return slices.ContainsFunc(s.Problems, func(p model.Problem) bool {
+				return p.Name == "aaa-permissive" && p.Severity == policy.SeverityError && strings.Contains(p.Message, "shop/default")
+			})
+		})
+		if got := conflict.Policies.PeerAuthentications; len(got) != 1 || got[0].Name != "default" || got[0].Spec.MTLS.Mode != policy.ModeStrict {
+			t.Errorf("PeerAuthentications in force after a conflicting newcomer: %+v, want only shop/default STRICT", got)
+		}
+		if ev := waitEventWith(t, admin, ns, "aaa-permissive", "shop/default"); ev.Reason != kubernetes.ReasonPolicyConflict {
+			t.Errorf("event on the newcomer = %s %q; want %s", ev.Reason, ev.Message, kubernetes.ReasonPolicyConflict)
+		}
+
+		// Deleting the held object removes it; the other one applies.
+		dyn := must(dynamic.NewForConfig(env.RESTConfig()))(t)
+		gvr := schema.GroupVersionResource{Group: policy.GroupSecurity, Version: "v1", Resource: "peerauthentications"}
+		if err := dyn.Resource(gvr).Namespace(ns).Delete(ctx, "default", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		after := pub.waitSnapshot(t, "the deleted PeerAuthentication gone", func(s *model.Snapshot) bool {
+			return len(s.Held) == 2 && len(s.Policies.PeerAuthentications) == 1 && s.Policies.PeerAuthentications[0].Name == "aaa-permissive"
+		})
+		if after.Policies.PeerAuthentications[0].Spec.MTLS.Mode != policy.ModePermissive {
+			t.Errorf("after deleting shop/default, in force: %+v", after.Policies.PeerAuthentications[0])
+		}
+		// Restore what later subtests expect.
+		if err := dyn.Resource(gvr).Namespace(ns).Delete(ctx, "aaa-permissive", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("deleting a service removes it and its endpoints", func(t *testing.T) {
 		if err := admin.CoreV1().Services(ns).Delete(ctx, "product", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
@@ -494,6 +585,26 @@ func waitEvent(t *testing.T, c clientset.Interface, ns, name string) corev1.Even
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("no Event about %s/%s within %s", ns, name, waitTimeout)
+	return corev1.Event{}
+}
+
+// waitEventWith waits for an Event about the named object whose message
+// contains text.
+func waitEventWith(t *testing.T, c clientset.Interface, ns, name, text string) corev1.Event {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for time.Now().Before(deadline) {
+		list, err := c.CoreV1().Events(ns).List(ctxT(t), metav1.ListOptions{
+			FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String(),
+		})
+		for _, ev := range list.Items {
+			if err == nil && strings.Contains(ev.Message, text) {
+				return ev
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("no Event about %s/%s saying %q within %s", ns, name, text, waitTimeout)
 	return corev1.Event{}
 }
 
