@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -160,6 +161,30 @@ func TestInvalidEditKeepsServedConfig(t *testing.T) {
 					return h.Kind == tc.kind && strings.TrimPrefix(h.Namespace+"/"+h.Name, "/") == tc.object
 				})
 			})
+			// meshctl validate reads the directory as meshd does and
+			// reports the same errors (it has no history, so nothing is
+			// held there: it refuses).
+			out, err := exec.CommandContext(ctx, bins.Meshctl, "validate", "-f", m.configDir).CombinedOutput()
+			if err == nil {
+				t.Errorf("meshctl validate accepted the invalid edit of %s:\n%s", tc.file, out)
+			}
+			var snap model.Snapshot
+			if err := m.debugJSON(ctx, "/debug/model", &snap); err != nil {
+				t.Fatal(err)
+			}
+			errs := 0
+			for _, p := range snap.Problems {
+				if p.Severity != "error" {
+					continue
+				}
+				errs++
+				if filepath.Base(p.Location.File) != tc.file || !strings.Contains(string(out), p.Message) {
+					t.Errorf("meshd reports %q at %s; meshctl validate does not say the same about %s:\n%s", p.Message, p.Location, tc.file, out)
+				}
+			}
+			if errs == 0 {
+				t.Errorf("/debug/model reports no error for the invalid edit of %s", tc.file)
+			}
 			// The held object shows in /debug/syncz, which meshctl
 			// proxy-config prints.
 			var st struct {
