@@ -448,9 +448,12 @@ spec:
 	})
 
 	t.Run("an invalid edit keeps the last valid version until the object is deleted", func(t *testing.T) {
-		before := pub.waitSnapshot(t, "allow-get and the STRICT PeerAuthentication", func(s *model.Snapshot) bool {
-			return len(s.Policies.AuthorizationPolicies) == 1 && len(s.Policies.PeerAuthentications) == 1
-		})
+		all := pub.all()
+		before := all[len(all)-1]
+		if len(before.Policies.AuthorizationPolicies) != 1 || len(before.Policies.PeerAuthentications) != 1 {
+			t.Fatalf("the latest snapshot has %d AuthorizationPolicies and %d PeerAuthentications, want allow-get and shop/default",
+				len(before.Policies.AuthorizationPolicies), len(before.Policies.PeerAuthentications))
+		}
 		// Misspelt fields the CRD schema keeps (the API server accepts
 		// them); with server-side apply the correct fields are removed.
 		err := env.Apply(ctx, []byte(`
