@@ -105,6 +105,9 @@ func assignmentsFor(snap *model.Snapshot, f Flavor, opts Options) func(string) *
 // AssignmentInput is everything one outbound cluster's assignment is built
 // from (see Assignment): equal inputs give equal assignments.
 type AssignmentInput struct {
+	// Endpoints as auto-mTLS sees them: InMesh is set only on endpoints
+	// whose server accepts mTLS on that port (acceptsMTLS), which is what
+	// the assignment's tlsMode metadata says.
 	Endpoints  []model.Endpoint
 	TargetPort uint32
 }
@@ -123,6 +126,7 @@ func AssignmentInputs(snap *model.Snapshot, f Flavor, opts Options) map[string]A
 		return map[string]AssignmentInput{}
 	}
 	out := make(map[string]AssignmentInput, len(snap.Services))
+	accepts := newAcceptsMTLS(snap, opts.RootNamespace)
 	for i := range snap.Services {
 		s := &snap.Services[i]
 		fqdn := FQDN(s.Name, s.Namespace, opts.ClusterDomain)
@@ -138,7 +142,7 @@ func AssignmentInputs(snap *model.Snapshot, f Flavor, opts Options) map[string]A
 			if se := snap.EndpointsFor(s.Namespace, s.Name, sp.Port); se != nil {
 				eps = se.Endpoints
 			}
-			out[name] = AssignmentInput{Endpoints: eps, TargetPort: uint32(sp.TargetPort)}
+			out[name] = AssignmentInput{Endpoints: accepts.endpoints(s.Namespace, eps, uint32(sp.TargetPort)), TargetPort: uint32(sp.TargetPort)}
 		}
 	}
 	return out
@@ -179,15 +183,17 @@ func outboundPort(f Flavor, sp model.ServicePort) bool {
 //
 //   - cluster TLS (both flavours): the SPIFFE IDs of every endpoint's
 //     service account (serviceSANs);
-//   - proxyless auto mTLS: whether any usable endpoint is in the mesh,
-//     and the addresses of usable endpoints outside it (autoMTLS picks
-//     the transport from both and names the latter in a problem);
+//   - proxyless auto mTLS: whether any usable endpoint accepts mTLS
+//     (acceptsMTLS), and the addresses of usable endpoints that do not
+//     (autoMTLS picks the transport from both and names the latter in a
+//     problem); a workload's labels decide its PeerAuthentication, so
+//     they are read through this too;
 //   - proxyless server listeners: the addresses of in-mesh workloads
 //     (meshSourceRanges). Envoy translation never reads Workloads; a
 //     workload's own changes reach it through its Proxy (its group key).
 //
 // Model problems are not compared: translation never reads them.
-func OnlyEndpointsDiffer(a, b *model.Snapshot, f Flavor) bool {
+func OnlyEndpointsDiffer(a, b *model.Snapshot, f Flavor, opts Options) bool {
 	if a == b {
 		return true
 	}
@@ -201,7 +207,8 @@ func OnlyEndpointsDiffer(a, b *model.Snapshot, f Flavor) bool {
 	if f == FlavorProxyless && !slices.Equal(meshAddrs(a.Workloads), meshAddrs(b.Workloads)) {
 		return false
 	}
-	return reflect.DeepEqual(endpointInputs(a, f), endpointInputs(b, f))
+	opts = opts.WithDefaults()
+	return reflect.DeepEqual(endpointInputs(a, f, opts), endpointInputs(b, f, opts))
 }
 
 // endpointKey names one service port's endpoints.
@@ -220,8 +227,9 @@ type endpointInput struct {
 
 // endpointInputs lists the endpointInput of every service port that has
 // any, so that an absent entry and one without endpoints compare equal.
-func endpointInputs(snap *model.Snapshot, f Flavor) map[endpointKey]endpointInput {
+func endpointInputs(snap *model.Snapshot, f Flavor, opts Options) map[endpointKey]endpointInput {
 	out := make(map[endpointKey]endpointInput, len(snap.Endpoints))
+	accepts := newAcceptsMTLS(snap, opts.RootNamespace)
 	for _, se := range snap.Endpoints {
 		var in endpointInput
 		for _, e := range se.Endpoints {
@@ -232,7 +240,7 @@ func endpointInputs(snap *model.Snapshot, f Flavor) map[endpointKey]endpointInpu
 		slices.Sort(in.serviceAccounts)
 		in.serviceAccounts = slices.Compact(in.serviceAccounts)
 		if f == FlavorProxyless {
-			for _, e := range usableEndpoints(se.Endpoints) {
+			for _, e := range usableEndpoints(accepts.endpoints(se.Namespace, se.Endpoints, targetPort(snap, se))) {
 				if e.InMesh {
 					in.anyInside = true
 				} else {
@@ -248,6 +256,19 @@ func endpointInputs(snap *model.Snapshot, f Flavor) map[endpointKey]endpointInpu
 		out[endpointKey{se.Namespace, se.Service, se.Port}] = in
 	}
 	return out
+}
+
+// targetPort is the numeric target port of the service port se belongs
+// to, or 0 when it is named (then every endpoint knows its own port).
+func targetPort(snap *model.Snapshot, se model.ServiceEndpoints) uint32 {
+	if svc := snap.Service(se.Namespace, se.Service); svc != nil {
+		for _, sp := range svc.Ports {
+			if sp.Port == se.Port {
+				return uint32(sp.TargetPort)
+			}
+		}
+	}
+	return 0
 }
 
 // meshAddrs are the addresses meshSourceRanges builds its ranges from.

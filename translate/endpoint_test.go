@@ -100,10 +100,10 @@ func TestOnlyEndpointsDifferTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := OnlyEndpointsDiffer(base, tt.next, FlavorEnvoy); got != tt.envoy {
+			if got := OnlyEndpointsDiffer(base, tt.next, FlavorEnvoy, Options{}); got != tt.envoy {
 				t.Errorf("envoy: OnlyEndpointsDiffer = %v, want %v", got, tt.envoy)
 			}
-			if got := OnlyEndpointsDiffer(base, tt.next, FlavorProxyless); got != tt.grpcWant {
+			if got := OnlyEndpointsDiffer(base, tt.next, FlavorProxyless, Options{}); got != tt.grpcWant {
 				t.Errorf("proxyless: OnlyEndpointsDiffer = %v, want %v", got, tt.grpcWant)
 			}
 		})
@@ -150,7 +150,7 @@ func TestOnlyEndpointsDifferIsSound(t *testing.T) {
 							mutate(&eps[i].Endpoints[j])
 							return eps
 						})
-						if !OnlyEndpointsDiffer(snap, next, flavor) {
+						if !OnlyEndpointsDiffer(snap, next, flavor, Options{}) {
 							continue
 						}
 						held++
@@ -195,4 +195,48 @@ func TestOnlyEndpointsDifferIsSound(t *testing.T) {
 // sameProtos reports whether two lists hold equal messages in order.
 func sameProtos[T proto.Message](a, b []T) bool {
 	return slices.EqualFunc(a, b, func(x, y T) bool { return proto.Equal(x, y) })
+}
+
+// TestOnlyEndpointsDifferFollowsServerModes: a workload's labels decide
+// its PeerAuthentication, so when a label change puts a server under a
+// DISABLE policy, proxyless clients need new clusters (plaintext), while
+// Envoy clients only need the assignment (its tlsMode metadata).
+func TestOnlyEndpointsDifferFollowsServerModes(t *testing.T) {
+	ep := func(ip string) model.Endpoint {
+		return model.Endpoint{IP: ip, Port: 8080, Workload: "p-" + ip, ServiceAccount: "product", InMesh: true, Ready: true, Serving: true}
+	}
+	client := model.Workload{Namespace: "default", Name: "client-0", IP: "10.0.0.9", InMesh: true, Ready: true}
+	base := proxylessSnapshot([]model.Endpoint{ep("10.0.0.1")}, client)
+	server := model.Workload{Namespace: "default", Name: "p-10.0.0.1", IP: "10.0.0.1", InMesh: true, Ready: true,
+		Labels: map[string]string{"app": "product"}}
+	base.Workloads = append(slices.Clone(base.Workloads), server)
+	base.Sort()
+	base.Policies.PeerAuthentications = []*policy.PeerAuthentication{{
+		Meta: policy.Meta{Namespace: "default", Name: "legacy"},
+		Spec: policy.PeerAuthenticationSpec{Selector: &policy.WorkloadSelector{MatchLabels: map[string]string{"legacy": "true"}},
+			MTLS: &policy.MutualTLS{Mode: policy.ModeDisable}},
+	}}
+	next := *base
+	next.Workloads = slices.Clone(base.Workloads)
+	for i := range next.Workloads {
+		if next.Workloads[i].Name == server.Name {
+			next.Workloads[i].Labels = map[string]string{"app": "product", "legacy": "true"}
+		}
+	}
+	if !OnlyEndpointsDiffer(base, &next, FlavorEnvoy, Options{}) {
+		t.Errorf("envoy: a server turning DISABLE changes more than assignments")
+	}
+	if OnlyEndpointsDiffer(base, &next, FlavorProxyless, Options{}) {
+		t.Errorf("proxyless: a server turning DISABLE must change the cluster's TLS, not only assignments")
+	}
+	before := AssignmentInputs(base, FlavorEnvoy, Options{})
+	after := AssignmentInputs(&next, FlavorEnvoy, Options{})
+	for name, in := range after {
+		if in.Equal(before[name]) {
+			t.Errorf("assignment %s: input unchanged, so the tlsMode metadata would not be rebuilt", name)
+		}
+		if in.Endpoints[0].InMesh {
+			t.Errorf("assignment %s: the DISABLE server is still marked for mTLS", name)
+		}
+	}
 }

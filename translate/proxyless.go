@@ -250,6 +250,7 @@ func jwtTokenDenyPolicies(ras []*policy.RequestAuthentication) (map[string]*rbac
 
 func (t *proxylessTranslation) outbound() {
 	assignments := assignmentsFor(t.snap, FlavorProxyless, t.opts)
+	accepts := newAcceptsMTLS(t.snap, t.opts.RootNamespace)
 	for i := range t.snap.Services {
 		s := &t.snap.Services[i]
 		fqdn := FQDN(s.Name, s.Namespace, t.opts.ClusterDomain)
@@ -263,7 +264,7 @@ func (t *proxylessTranslation) outbound() {
 			if eps := t.snap.EndpointsFor(s.Namespace, s.Name, sp.Port); eps != nil {
 				endpoints = eps.Endpoints
 			}
-			socket, ok := t.clientTLS(s, port, fqdn, endpoints)
+			socket, ok := t.clientTLS(s, port, fqdn, endpoints, accepts.endpoints(s.Namespace, endpoints, uint32(sp.TargetPort)))
 			if !ok {
 				continue
 			}
@@ -281,7 +282,10 @@ func (t *proxylessTranslation) outbound() {
 // clientTLS decides the transport toward one service port from the
 // effective DestinationRule TLS (policy.ClientTLSFor): the socket (nil for
 // plaintext), and false when the port must not be offered at all.
-func (t *proxylessTranslation) clientTLS(s *model.Service, port uint32, fqdn string, eps []model.Endpoint) (*corev3.TransportSocket, bool) {
+//
+// eps are the port's endpoints; autoEps the same as auto-mTLS sees them
+// (acceptsMTLS: in the mesh only where the server accepts mTLS).
+func (t *proxylessTranslation) clientTLS(s *model.Service, port uint32, fqdn string, eps, autoEps []model.Endpoint) (*corev3.TransportSocket, bool) {
 	eff := t.snap.Policies.ClientTLSFor(policy.ClientTLSQuery{
 		RootNamespace:    t.opts.RootNamespace,
 		ClientNamespace:  t.proxy.Namespace,
@@ -297,7 +301,7 @@ func (t *proxylessTranslation) clientTLS(s *model.Service, port uint32, fqdn str
 		return ProxylessUpstreamMTLS(sni, sans, t.opts.TrustDomain)
 	}
 	if eff.Auto || eff.Settings == nil {
-		return t.autoMTLS(s, port, eps, mtls(SNI(port, fqdn), nil))
+		return t.autoMTLS(s, port, autoEps, mtls(SNI(port, fqdn), nil))
 	}
 	st := eff.Settings
 	switch st.Mode {
@@ -322,8 +326,9 @@ func (t *proxylessTranslation) clientTLS(s *model.Service, port uint32, fqdn str
 }
 
 // autoMTLS picks one transport for the whole cluster, since gRPC cannot
-// choose per endpoint: plaintext when every usable endpoint is outside the
-// mesh, mTLS otherwise. With mixed endpoints mTLS fails toward those
+// choose per endpoint: plaintext when no usable endpoint accepts mTLS
+// (outside the mesh, or DISABLE at that port; see acceptsMTLS), mTLS
+// otherwise. With mixed endpoints mTLS fails toward those
 // outside the mesh, which is reported; plaintext would silently drop the
 // encryption the in-mesh ones get. With no endpoints yet, mTLS: the choice
 // is revisited when endpoints appear.

@@ -485,7 +485,7 @@ func (s *Server) reuse(m *model.Snapshot, need map[string]translate.Proxy, prev 
 		c := comparison{p.from, px.Flavor}
 		eq, known := same[c]
 		if !known {
-			eq = translate.OnlyEndpointsDiffer(p.from, m, px.Flavor)
+			eq = translate.OnlyEndpointsDiffer(p.from, m, px.Flavor, s.opts.Translate)
 			same[c] = eq
 		}
 		if !eq {
