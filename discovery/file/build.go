@@ -64,7 +64,11 @@ func Build(files []File, opts Options) *model.Snapshot {
 	for _, f := range files {
 		d, p := parseFile(f)
 		if p != nil {
-			p.Message += "; no object in this file was loaded"
+			if f.dir {
+				p.Message += noManifestLoaded
+			} else {
+				p.Message += "; no object in this file was loaded"
+			}
 			problems = append(problems, *p)
 			continue
 		}
