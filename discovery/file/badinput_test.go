@@ -121,7 +121,29 @@ var badInputCases = []struct {
 		write(t, filepath.Join(dir, ".git", "x.yaml"), "a: [")
 		write(t, filepath.Join(dir, "notes.txt"), "a: [")
 		return symlink("missing", "dangling.txt")(t, dir)
-	}}}
+	},
+}, {
+	name: "unsafe YAML tag",
+	setup: writeFile("tags.yaml", nsYAML("tagged", "")+"---\n"+
+		"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: python\n  labels: !!python/object:os.system {a: b}\n---\n"+
+		"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: local\n  labels: {a: !Ref b}\n"),
+	want: []string{
+		"tags.yaml:11 error metadata.labels: the YAML tag !!python/object:os.system is not allowed",
+		"tags.yaml:17 error metadata.labels.a: the YAML tag !Ref is not allowed",
+	},
+}, {
+	name: "alias bomb",
+	setup: writeFile("lol.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: lol\n  annotations:\n"+
+		"    a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"+
+		"    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"+
+		"    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"+
+		"    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"+
+		"    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"+
+		"    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n"+
+		"    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n"+
+		"    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n"+
+		"    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]\n"),
+	want: []string{"lol.yaml:10 error metadata.annotations.e[7]: the YAML aliases of this document expand to more than 100000 values or 8 MiB (an alias bomb?)"}}}
 
 // TestBadInputAgree runs every bad-input case through what `meshctl
 // validate` does (ReadPaths, then Build) and through a live Source, as
@@ -204,6 +226,13 @@ func relativeBriefs(dir string, ps []model.Problem) []string {
 
 func symlink(target, name string) func(*testing.T, string) error {
 	return func(_ *testing.T, dir string) error { return os.Symlink(target, filepath.Join(dir, name)) }
+}
+
+func writeFile(name, data string) func(*testing.T, string) error {
+	return func(t *testing.T, dir string) error {
+		write(t, filepath.Join(dir, name), data)
+		return nil
+	}
 }
 
 // unreadable sets mode 000 on a file or directory, or reports

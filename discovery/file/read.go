@@ -15,7 +15,8 @@ import (
 // file is reported and not read. The API server refuses a request over 3
 // MiB, so no single object is near this; a file of many small objects
 // can be, and should be split. The limit bounds what one file can make
-// meshd hold while it parses.
+// meshd hold while it parses (aliases are bounded separately, see
+// maxAliasValues).
 const MaxFileSize = 4 << 20
 
 // ReadPaths reads manifest files for Build, the way Source reads its
