@@ -143,7 +143,17 @@ var badInputCases = []struct {
 		"    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n"+
 		"    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]\n"+
 		"    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]\n"),
-	want: []string{"lol.yaml:10 error metadata.annotations.e[7]: the YAML aliases of this document expand to more than 100000 values or 8 MiB (an alias bomb?)"}}}
+	want: []string{"lol.yaml:10 error metadata.annotations.e[7]: the YAML aliases of this document expand to more than 100000 values or 8 MiB (an alias bomb?)"},
+}, {
+	name: "names Kubernetes refuses",
+	setup: writeFile("names.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n---\n"+
+		"apiVersion: v1\nkind: Service\nmetadata: {name: "+strings.Repeat("s", 64)+", namespace: ok}\nspec: {ports: [{port: 80}]}\n---\n"+
+		"apiVersion: v1\nkind: Pod\nmetadata: {name: "+strings.Repeat("p", 64)+", namespace: ok}\nspec: {containers: [{name: app, image: app}]}\n"),
+	want: []string{
+		`names.yaml:3 error metadata.name: "a.b" is not a valid Namespace name: Kubernetes requires a DNS-1123 label`,
+		`names.yaml:7 error metadata.name: "` + strings.Repeat("s", 64) + `" is not a valid Service name: Kubernetes requires a DNS-1035 label: ` +
+			`at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (this one has 64)`,
+	}}}
 
 // TestBadInputAgree runs every bad-input case through what `meshctl
 // validate` does (ReadPaths, then Build) and through a live Source, as

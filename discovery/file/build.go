@@ -225,19 +225,20 @@ func (h header) identity() *identity {
 }
 
 // checkIdentity validates metadata.name and metadata.namespace, which every
-// kind needs to be addressable.
+// kind needs to be addressable, by the rules the API server applies (see
+// nameRuleFor).
 func (b *builder) checkIdentity(o obj, clusterScoped bool) bool {
 	ok := true
 	if o.name == "" {
 		b.errorf(o, "metadata.name", "every object needs a name")
 		ok = false
-	} else if errs := validation.IsDNS1123Subdomain(o.name); len(errs) > 0 {
-		b.errorf(o, "metadata.name", "%q is not a valid name: %s", o.name, strings.Join(errs, "; "))
+	} else if msg := nameRuleFor(o.d.memo.hdr.apiVersion, o.kind).check(o.kind+" name", o.name); msg != "" {
+		b.errorf(o, "metadata.name", "%s", msg)
 		ok = false
 	}
 	if !clusterScoped {
-		if errs := validation.IsDNS1123Label(o.ns); len(errs) > 0 {
-			b.errorf(o, "metadata.namespace", "%q is not a valid namespace name: %s", o.ns, strings.Join(errs, "; "))
+		if msg := dns1123Label.check("namespace name", o.ns); msg != "" {
+			b.errorf(o, "metadata.namespace", "%s", msg)
 			ok = false
 		}
 	}

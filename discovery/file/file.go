@@ -8,9 +8,9 @@
 // new snapshot after every change that matters.
 //
 // Manifests are read the way `kubectl apply --validate=strict` would: an
-// unknown field, an unknown kind, an invalid value or a YAML tag outside
-// the core ones is an error naming the file, the line of the field and
-// what is allowed. A bad object is skipped
+// unknown field, an unknown kind, an invalid value, a name the API server
+// would refuse or a YAML tag outside the core ones is an error naming the
+// file, the line of the field and what is allowed. A bad object is skipped
 // and everything else loads; a file that is not valid YAML is skipped as a
 // whole, and while watching, its last valid version stays in force.
 // Directories are read by one function (readTree) for meshd and `meshctl
