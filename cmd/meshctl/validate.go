@@ -29,16 +29,19 @@ func (p *pathList) Set(v string) error {
 // passes here loads in meshd. Exit 1 when any problem is an error.
 func runValidate(args []string, stdout, stderr io.Writer) int {
 	var paths pathList
-	var namespace string
+	var namespace, rootNamespace string
 	fs := flag.NewFlagSet(programName+" validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var(&paths, "f", "manifest file or directory (*.yaml, *.yml, recursively); repeatable")
 	fs.StringVar(&namespace, "n", "default", "namespace of objects that do not name one")
+	fs.StringVar(&rootNamespace, "root-namespace", "istio-system", "namespace whose policies apply mesh-wide (meshd's --root-namespace)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s validate -f FILE|DIR [-f FILE|DIR ...] [-n NAMESPACE]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: %s validate -f FILE|DIR [-f FILE|DIR ...] [-n NAMESPACE] [-root-namespace NAMESPACE]\n\n"+
 			"Parses and validates Kubernetes and Istio manifests offline, exactly as meshd\n"+
 			"would load them, and prints every problem as\n"+
 			"  file:line: error|warning: Kind namespace/name: field: reason\n"+
+			"An entry of a directory that cannot be read as a manifest (a named pipe, a\n"+
+			"dangling link, an unreadable or oversized file, UTF-16 text) is an error too.\n"+
 			"Exits 1 if any problem is an error, 0 if there are only warnings or none.\n\nFlags:\n", programName)
 		fs.PrintDefaults()
 	}
@@ -64,7 +67,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s validate: %v\n", programName, err)
 		return exitFailed
 	}
-	snap := file.Build(files, file.Options{DefaultNamespace: namespace})
+	snap := file.Build(files, file.Options{DefaultNamespace: namespace, RootNamespace: rootNamespace})
 	errs, warns := 0, 0
 	for _, p := range snap.Problems {
 		fmt.Fprintln(stdout, formatProblem(p))

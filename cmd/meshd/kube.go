@@ -97,6 +97,7 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 	src, err := kubesource.New(kubesource.Options{
 		Config:         rc,
 		Client:         client,
+		RootNamespace:  cfg.RootNamespace,
 		Logger:         log.With("source", "kubernetes"),
 		InvalidObjects: invalid,
 		EventRecorder:  recorder,

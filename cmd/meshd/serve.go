@@ -273,7 +273,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			authn = kube.authn
 		}
 	} else {
-		src = file.New(cfg.ConfigDir, file.Options{Observe: observe}, log.With("source", "file"))
+		src = file.New(cfg.ConfigDir, file.Options{RootNamespace: cfg.RootNamespace, Observe: observe}, log.With("source", "file"))
 	}
 	// Key sets named by jwksUri are fetched here, so proxies need no egress
 	// and translation does no I/O.

@@ -153,7 +153,19 @@ var badInputCases = []struct {
 		`names.yaml:3 error metadata.name: "a.b" is not a valid Namespace name: Kubernetes requires a DNS-1123 label`,
 		`names.yaml:7 error metadata.name: "` + strings.Repeat("s", 64) + `" is not a valid Service name: Kubernetes requires a DNS-1035 label: ` +
 			`at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (this one has 64)`,
-	}}}
+	},
+}, {
+	name: "two pods with one IP",
+	setup: writeFile("pods.yaml", podYAML("a", "10.0.0.1", "")+"---\n"+podYAML("b", "10.0.0.1", "")+"---\n"+
+		podYAML("done", "10.0.0.1", "")+"  phase: Succeeded\n"),
+	want: []string{"pods.yaml:31 warning status.podIP: 10.0.0.1 is also the IP of pod default/a; one pod holds an IP at a time"},
+}, {
+	name: "selector that selects nothing",
+	setup: writeFile("policy.yaml", podYAML("cart-0", "10.0.0.1", "")+"---\n"+
+		"apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: cart, namespace: default}\n"+
+		"spec:\n  selector:\n    matchLabels: {app: kart}\n"),
+	want: []string{"policy.yaml:21 warning spec.selector: selects no workload: no pod in namespace default has the labels app=kart"},
+}}
 
 // TestBadInputAgree runs every bad-input case through what `meshctl
 // validate` does (ReadPaths, then Build) and through a live Source, as

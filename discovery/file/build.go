@@ -28,6 +28,11 @@ type Options struct {
 	// DefaultNamespace is the namespace of namespaced objects whose
 	// metadata names none, as `kubectl apply -n` would. Empty means "default".
 	DefaultNamespace string
+	// RootNamespace is the namespace whose policies apply mesh-wide, as
+	// meshd's --root-namespace; empty means "istio-system". It only
+	// decides which workloads a policy's selector may select, for the
+	// warning about a selector that selects none.
+	RootNamespace string
 	// Observe is told of every change a Source sees in its directory,
 	// when it sees it (see discovery.Observer). Build does not use it.
 	Observe discovery.Observer
@@ -38,6 +43,13 @@ func (o Options) defaultNamespace() string {
 		return "default"
 	}
 	return o.DefaultNamespace
+}
+
+func (o Options) rootNamespace() string {
+	if o.RootNamespace == "" {
+		return "istio-system"
+	}
+	return o.RootNamespace
 }
 
 // supportedKinds is the list shown when a document has a kind minimesh
@@ -80,7 +92,7 @@ func Build(files []File, opts Options) *model.Snapshot {
 // assemble builds a snapshot from parsed documents (in file order) plus
 // problems already found about whole files.
 func assemble(docs []document, problems []model.Problem, opts Options) *model.Snapshot {
-	b := &builder{opts: opts, seen: map[string]policy.Location{}, problems: problems}
+	b := &builder{opts: opts, docs: docs, seen: map[string]policy.Location{}, problems: problems}
 	for i := range docs {
 		b.add(&docs[i])
 	}
@@ -91,6 +103,7 @@ func assemble(docs []document, problems []model.Problem, opts Options) *model.Sn
 // because a Service, its Pods and its EndpointSlices may come in any order.
 type builder struct {
 	opts       Options
+	docs       []document                 // every document, in file order, for locate
 	seen       map[string]policy.Location // "Kind/ns/name" -> where it was first defined
 	namespaces []model.Namespace
 	services   []*corev1.Service
@@ -666,6 +679,11 @@ func (b *builder) snapshot() *model.Snapshot {
 	var warnings []model.Problem
 	s.Endpoints, warnings = deriveEndpoints(b.services, b.pods, b.slices)
 	b.problems = append(b.problems, warnings...)
+	raw := make([]*discoveryv1.EndpointSlice, len(b.slices))
+	for i, sl := range b.slices {
+		raw[i] = sl.slice
+	}
+	b.problems = append(b.problems, b.locate(convert.Warnings(b.services, b.pods, raw, &b.policies, b.opts.rootNamespace(), convertOptions))...)
 	s.Sort()
 	// Problems read best in file order; within a line, keep the order in
 	// which they were found (the order of the fields).

@@ -19,8 +19,9 @@
 // saved as UTF-16) is reported the same way, never skipped silently.
 //
 // Valid objects become model types through discovery/convert, the code the
-// Kubernetes source uses too, so one mesh gives the same snapshot from
-// either. The file source differs in two stated rules only (see
-// convertOptions): a pod without status conditions is ready, and a service
-// without EndpointSlices gets endpoints derived from its selector.
+// Kubernetes source uses too, so one mesh gives the same snapshot, with the
+// same warnings about objects that clash, from either. The file source
+// differs in two stated rules only (see convertOptions): a pod without
+// status conditions is ready, and a service without EndpointSlices gets
+// endpoints derived from its selector.
 package file

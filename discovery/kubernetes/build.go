@@ -21,6 +21,9 @@ type inputs struct {
 	pods       []*corev1.Pod
 	slices     []*discoveryv1.EndpointSlice
 	policies   []decoded
+	// rootNamespace is meshd's root namespace, for the warnings about
+	// policy selectors (see convert.Warnings).
+	rootNamespace string
 }
 
 // decoded is one policy custom resource after policy.Decode: obj is nil
@@ -39,8 +42,9 @@ var convertOptions = convert.Options{}
 
 // build converts the cluster's objects into a model snapshot. The
 // conversion rules live in discovery/convert, shared with the file source,
-// so one mesh described either way gives the same snapshot. This source
-// only adds its own reporting: ExternalName services are skipped with a
+// so one mesh described either way gives the same snapshot, with the same
+// warnings about objects that clash (convert.Warnings). This source only
+// adds its own reporting: ExternalName services are skipped with a
 // warning, as the file source refuses them.
 func build(in inputs) *model.Snapshot {
 	s := &model.Snapshot{
@@ -76,6 +80,7 @@ func build(in inputs) *model.Snapshot {
 			s.Policies.Add(d.obj)
 		}
 	}
+	s.Problems = append(s.Problems, convert.Warnings(services, in.pods, in.slices, &s.Policies, in.rootNamespace, convertOptions)...)
 	slices.SortFunc(s.Problems, func(a, b model.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace),
 			cmp.Compare(a.Name, b.Name), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))

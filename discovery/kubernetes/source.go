@@ -92,6 +92,12 @@ type Options struct {
 	// zero.
 	KindRecheck time.Duration
 
+	// RootNamespace is the namespace whose policies apply mesh-wide, as
+	// meshd's --root-namespace; empty means "istio-system". It only
+	// decides which workloads a policy's selector may select, for the
+	// warning about a selector that selects none.
+	RootNamespace string
+
 	// Logger receives the source's logs; slog.Default() when nil.
 	Logger *slog.Logger
 
@@ -118,6 +124,7 @@ type Source struct {
 	invalid  *prometheus.CounterVec
 	recorder record.EventRecorder
 	observe  discovery.Observer
+	root     string
 }
 
 // New checks the options and returns a Source. It does not contact the API
@@ -132,6 +139,7 @@ func New(opts Options) (*Source, error) {
 		invalid:  opts.InvalidObjects,
 		recorder: opts.EventRecorder,
 		observe:  opts.Observe,
+		root:     cmp.Or(opts.RootNamespace, "istio-system"),
 	}
 	if s.recheck <= 0 {
 		s.recheck = DefaultKindRecheck
@@ -399,7 +407,7 @@ func (s *Source) waitForSync(ctx context.Context, w *watched) bool {
 
 // collect reads the informer caches into build's inputs.
 func (s *Source) collect(w *watched, dc *decodeCache) inputs {
-	var in inputs
+	in := inputs{rootNamespace: s.root}
 	in.namespaces = listAs[*corev1.Namespace](w.namespaces)
 	in.services = listAs[*corev1.Service](w.services)
 	in.pods = listAs[*corev1.Pod](w.pods)
