@@ -25,7 +25,6 @@ import (
 // where an object was read adds that. The order does not depend on the
 // order of the inputs.
 func Warnings(services []*corev1.Service, pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice, policies *policy.Set, rootNamespace string, opts Options) []model.Problem {
-	pods = sortedPods(pods)
 	out := DuplicatePodIPs(pods)
 	workloads := make([]policy.Workload, len(pods))
 	for i, p := range pods {
