@@ -150,7 +150,7 @@ func TestPolicies(t *testing.T) {
 // TestDemoJWTKey checks that the inline JWKS, the demo key files and the
 // demo token belong together.
 func TestDemoJWTKey(t *testing.T) {
-	s := load(t, "policies")
+	s := load(t, "mesh", "policies")
 	if len(s.Policies.RequestAuthentications) != 1 {
 		t.Fatalf("want one RequestAuthentication, got %d", len(s.Policies.RequestAuthentications))
 	}

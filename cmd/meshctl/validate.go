@@ -36,10 +36,12 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&namespace, "n", "default", "namespace of objects that do not name one")
 	fs.StringVar(&rootNamespace, "root-namespace", policy.DefaultRootNamespace, "namespace whose policies apply mesh-wide (as meshd's flag)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s validate -f FILE|DIR [-f FILE|DIR ...] [-n NAMESPACE]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: %s validate -f FILE|DIR [-f FILE|DIR ...] [-n NAMESPACE] [-root-namespace NAMESPACE]\n\n"+
 			"Parses and validates Kubernetes and Istio manifests offline, exactly as meshd\n"+
 			"would load them, and prints every problem as\n"+
 			"  file:line: error|warning: Kind namespace/name: field: reason\n"+
+			"An entry of a directory that cannot be read as a manifest (a named pipe, a\n"+
+			"dangling link, an unreadable or oversized file, UTF-16 text) is an error too.\n"+
 			"Exits 1 if any problem is an error, 0 if there are only warnings or none.\n\nFlags:\n", programName)
 		fs.PrintDefaults()
 	}

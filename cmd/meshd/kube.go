@@ -97,11 +97,11 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 	src, err := kubesource.New(kubesource.Options{
 		Config:         rc,
 		Client:         client,
+		RootNamespace:  cfg.RootNamespace,
 		Logger:         log.With("source", "kubernetes"),
 		InvalidObjects: invalid,
 		EventRecorder:  recorder,
 		Observe:        observe,
-		RootNamespace:  cfg.RootNamespace,
 	})
 	if err != nil {
 		broadcaster.Shutdown()

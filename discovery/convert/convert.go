@@ -1,9 +1,12 @@
 // Package convert turns Kubernetes objects (Namespaces, Pods, Services,
-// EndpointSlices) into discovery/model types.
+// EndpointSlices) into discovery/model types, and finds the objects that
+// are valid alone but clash together (Warnings).
 //
 // It exists so that there is exactly one answer to "what is this workload's
 // identity, is it in the mesh, is it ready, which endpoints does this service
-// port have and which pod is behind each". The file source and the
+// port have and which pod is behind each", and one list of warnings about
+// what makes those answers doubtful (two pods with one IP, a selector that
+// selects nothing). The file source and the
 // Kubernetes source both call it; a mesh described in a directory and the
 // same mesh in a cluster must give the same snapshot, and two copies of
 // these rules would drift apart. Where the sources truly differ (a

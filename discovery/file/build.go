@@ -30,7 +30,9 @@ type Options struct {
 	DefaultNamespace string
 	// RootNamespace holds mesh-wide policy; empty means
 	// policy.DefaultRootNamespace. Conflicts between mesh-wide policies
-	// are decided when the snapshot is built.
+	// are decided when the snapshot is built, and it decides which
+	// workloads a policy's selector may select, for the warning about a
+	// selector that selects none.
 	RootNamespace string
 	// Observe is told of every change a Source sees in its directory,
 	// when it sees it (see discovery.Observer). Build does not use it.
@@ -75,7 +77,11 @@ func Build(files []File, opts Options) *model.Snapshot {
 	for _, f := range files {
 		d, p := parseFile(f)
 		if p != nil {
-			p.Message += "; no object in this file was loaded"
+			if f.dir {
+				p.Message += noManifestLoaded
+			} else {
+				p.Message += "; no object in this file was loaded"
+			}
 			problems = append(problems, *p)
 			continue
 		}
@@ -88,7 +94,7 @@ func Build(files []File, opts Options) *model.Snapshot {
 // problems already found about whole files. hist, when not nil, is what
 // earlier builds served (see history); it is updated.
 func assemble(docs []document, problems []model.Problem, opts Options, hist *history) *model.Snapshot {
-	b := &builder{opts: opts, seen: map[string]policy.Location{}, problems: problems, hist: hist}
+	b := &builder{opts: opts, docs: docs, seen: map[string]policy.Location{}, problems: problems, hist: hist}
 	for i := range docs {
 		b.add(&docs[i])
 	}
@@ -104,6 +110,7 @@ func assemble(docs []document, problems []model.Problem, opts Options, hist *his
 // because a Service, its Pods and its EndpointSlices may come in any order.
 type builder struct {
 	opts       Options
+	docs       []document                 // every document, in file order, for locate
 	seen       map[string]policy.Location // "Kind/ns/name" -> where it was first defined
 	namespaces []model.Namespace
 	services   []*corev1.Service
@@ -279,19 +286,20 @@ func validIdentity(o obj, clusterScoped bool) bool {
 }
 
 // checkIdentity validates metadata.name and metadata.namespace, which every
-// kind needs to be addressable.
+// kind needs to be addressable, by the rules the API server applies (see
+// nameRuleFor).
 func (b *builder) checkIdentity(o obj, clusterScoped bool) bool {
 	ok := true
 	if o.name == "" {
 		b.errorf(o, "metadata.name", "every object needs a name")
 		ok = false
-	} else if errs := validation.IsDNS1123Subdomain(o.name); len(errs) > 0 {
-		b.errorf(o, "metadata.name", "%q is not a valid name: %s", o.name, strings.Join(errs, "; "))
+	} else if msg := nameRuleFor(o.d.memo.hdr.apiVersion, o.kind).check(o.kind+" name", o.name); msg != "" {
+		b.errorf(o, "metadata.name", "%s", msg)
 		ok = false
 	}
 	if !clusterScoped {
-		if errs := validation.IsDNS1123Label(o.ns); len(errs) > 0 {
-			b.errorf(o, "metadata.namespace", "%q is not a valid namespace name: %s", o.ns, strings.Join(errs, "; "))
+		if msg := dns1123Label.check("namespace name", o.ns); msg != "" {
+			b.errorf(o, "metadata.namespace", "%s", msg)
 			ok = false
 		}
 	}
@@ -736,6 +744,11 @@ func (b *builder) snapshot() *model.Snapshot {
 	var warnings []model.Problem
 	s.Endpoints, warnings = deriveEndpoints(b.services, b.pods, b.slices)
 	b.problems = append(b.problems, warnings...)
+	raw := make([]*discoveryv1.EndpointSlice, len(b.slices))
+	for i, sl := range b.slices {
+		raw[i] = sl.slice
+	}
+	b.problems = append(b.problems, b.locate(convert.Warnings(b.services, b.pods, raw, &b.policies, b.opts.rootNamespace(), convertOptions))...)
 	s.Sort()
 	// Problems read best in file order; within a line, keep the order in
 	// which they were found (the order of the fields).

@@ -401,9 +401,8 @@ metadata: {}
 		want: []string{
 			"a.yaml:1 error : every document needs apiVersion and kind (for example apiVersion: v1, kind: Service)",
 			"a.yaml:4 error : a document must be a mapping with apiVersion, kind, metadata and spec, not a list or a single value",
-			`a.yaml:10 error metadata.name: "Not_Valid" is not a valid name: a lowercase RFC 1123 subdomain must consist of lower case ` +
-				`alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character ` +
-				`(e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`,
+			`a.yaml:10 error metadata.name: "Not_Valid" is not a valid Namespace name: Kubernetes requires a DNS-1123 label: ` +
+				`at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit`,
 			"a.yaml:14 error metadata.name: every object needs a name",
 		},
 	}, {

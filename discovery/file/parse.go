@@ -21,6 +21,13 @@ import (
 type File struct {
 	Path string
 	Data []byte
+	// Err, when set, says why the entry at Path cannot be used (a named
+	// pipe, a dangling link, a file too large or unreadable, a directory
+	// that cannot be listed); Data is then empty, and Build reports Err
+	// as an error about Path.
+	Err error
+	// dir marks an Err about a directory rather than a file.
+	dir bool
 }
 
 // document is one YAML document of a file, converted to JSON with the line
@@ -63,8 +70,17 @@ var yamlLine = regexp.MustCompile(`^yaml: line (\d+): `)
 // parseFile splits a file into its documents. A YAML syntax error anywhere
 // makes the whole file unusable, because the parser cannot tell where the
 // broken document ends; the file is then reported with the line of the error
-// and contributes no objects.
+// and contributes no objects. So is an entry that could not be read, and a
+// file in a wide encoding (see wideEncoding). A UTF-8 byte-order mark is
+// accepted and ignored, as kubectl accepts it.
 func parseFile(f File) ([]document, *model.Problem) {
+	if f.Err != nil {
+		return nil, entryProblem(f)
+	}
+	if enc := wideEncoding(f.Data); enc != "" {
+		return nil, &model.Problem{Severity: policy.SeverityError, Location: policy.Location{File: f.Path, Line: 1},
+			Message: "the file's encoding is " + enc + "; save as UTF-8"}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(f.Data))
 	var docs []document
 	for {
@@ -83,6 +99,38 @@ func parseFile(f File) ([]document, *model.Problem) {
 		data, ix, issues := toJSON(root, nil)
 		docs = append(docs, document{file: f.Path, line: root.Line, root: root.Kind, ix: ix, issues: issues, memo: &docMemo{node: root, json: data}})
 	}
+}
+
+// entryProblem is the error about an entry that could not be read.
+func entryProblem(f File) *model.Problem {
+	return &model.Problem{Severity: policy.SeverityError, Location: policy.Location{File: f.Path}, Message: f.Err.Error()}
+}
+
+// noManifestLoaded ends the problem about a directory that cannot be
+// listed and had no files read from it before.
+const noManifestLoaded = "; no manifest in it was loaded"
+
+// wideEncoding names the encoding of data when it is UTF-16 or UTF-32,
+// told by a byte-order mark or, without one, by the zero bytes ASCII
+// text has in those encodings; it returns "" otherwise. YAML allows them,
+// but kubectl, the API server and most tools expect UTF-8, and without a
+// mark the parser would only complain of control characters. A file
+// saved that way is refused with its encoding named, so the fix is plain.
+func wideEncoding(data []byte) string {
+	switch {
+	case bytes.HasPrefix(data, []byte{0, 0, 0xFE, 0xFF}), bytes.HasPrefix(data, []byte{0xFF, 0xFE, 0, 0}):
+		return "UTF-32"
+	case bytes.HasPrefix(data, []byte{0xFE, 0xFF}), bytes.HasPrefix(data, []byte{0xFF, 0xFE}):
+		return "UTF-16"
+	case len(data) < 4:
+		return ""
+	case data[0] == 0 && data[1] == 0 && data[2] == 0 && data[3] != 0,
+		data[0] != 0 && data[1] == 0 && data[2] == 0 && data[3] == 0:
+		return "UTF-32"
+	case data[0] == 0 && data[1] != 0, data[0] != 0 && data[1] == 0:
+		return "UTF-16"
+	}
+	return ""
 }
 
 // isEmptyDocument reports whether a document holds nothing: only comments,

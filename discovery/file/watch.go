@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/model"
-	"github.com/minimesh/minimesh/policy"
 )
 
 // Source watches a directory of manifests and publishes a new snapshot
@@ -39,7 +37,9 @@ type Source struct {
 
 	files   map[string]*fileState
 	watched map[string]bool
-	last    *model.Snapshot
+	// dirProblems reports the subdirectories that cannot be listed.
+	dirProblems []model.Problem
+	last        *model.Snapshot
 	// hist is what the last build served, object by object (see history).
 	hist *history
 }
@@ -120,12 +120,10 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 			if !ok {
 				return errors.New("the file watcher stopped unexpectedly")
 			}
-			// Chmod alone never changes content. Everything else may,
-			// including events on hidden names: Kubernetes ConfigMap
-			// volumes swap a hidden "..data" link to update all files.
-			if ev.Op == fsnotify.Chmod {
-				continue
-			}
+			// Every event may change what is read, including events on
+			// hidden names (Kubernetes ConfigMap volumes swap a hidden
+			// "..data" link to update all files) and chmod, which can
+			// make an unreadable file readable again.
 			s.log.Debug("config directory changed", "path", ev.Name, "op", ev.Op.String())
 			arm(s.quiet)
 		case err, ok := <-w.Errors:
@@ -156,46 +154,23 @@ func (s *Source) Run(ctx context.Context, publish func(*model.Snapshot)) error {
 	}
 }
 
-// reload reads every manifest under the directory, keeping the last good
-// version of files that no longer parse, and makes sure every directory is
-// watched. It fails only when the directory itself cannot be read, in which
-// case nothing is changed (a vanished mount must not empty the mesh).
+// reload reads every manifest under the directory (see readTree), keeping
+// the last good version of files that no longer parse or can no longer be
+// read, and makes sure every directory is watched. Files below a
+// subdirectory that can no longer be listed keep their state too. It
+// fails only when the directory itself cannot be read, in which case
+// nothing is changed (a vanished mount must not empty the mesh).
 func (s *Source) reload(w *fsnotify.Watcher) error {
-	var paths []string
 	dirs := map[string]bool{}
-	err := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if path == s.dir {
-				return err
+	files, err := readTree(s.dir, func(dir string) {
+		dirs[dir] = true
+		// Watch before the directory is listed, so a file created
+		// meanwhile raises an event.
+		if !s.watched[dir] {
+			if err := w.Add(dir); err != nil {
+				s.log.Warn("cannot watch directory; changes in it need a restart", "path", dir, "err", err)
 			}
-			s.log.Warn("cannot read part of the config directory; skipping it", "path", path, "err", err)
-			return nil
 		}
-		hidden := path != s.dir && strings.HasPrefix(d.Name(), ".")
-		switch {
-		case d.IsDir():
-			if hidden {
-				return filepath.SkipDir
-			}
-			dirs[path] = true
-			// Watch before the walk lists the directory, so a file
-			// created meanwhile raises an event.
-			if !s.watched[path] {
-				if err := w.Add(path); err != nil {
-					s.log.Warn("cannot watch directory; changes in it need a restart", "path", path, "err", err)
-				}
-			}
-		case hidden || !isManifest(path):
-		case d.Type()&fs.ModeSymlink != 0:
-			// Follow links to files (ConfigMap volumes are made of them),
-			// not to directories, which could loop.
-			if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() {
-				paths = append(paths, path)
-			}
-		case d.Type().IsRegular():
-			paths = append(paths, path)
-		}
-		return nil
 	})
 	if err != nil {
 		return err
@@ -208,28 +183,29 @@ func (s *Source) reload(w *fsnotify.Watcher) error {
 	s.watched = dirs
 
 	present := map[string]bool{}
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed since the walk: same as not there
+	var dirProblems []model.Problem
+	for _, f := range files {
+		if f.dir {
+			kept := false
+			for p := range s.files {
+				if strings.HasPrefix(p, f.Path+string(filepath.Separator)) {
+					present[p], kept = true, true
+				}
+			}
+			dirProblems = append(dirProblems, dirProblem(f, kept))
+			continue
 		}
-		present[p] = true
-		st := s.files[p]
+		present[f.Path] = true
+		st := s.files[f.Path]
 		if st == nil {
 			st = &fileState{}
-			s.files[p] = st
+			s.files[f.Path] = st
 		}
-		if err != nil {
-			st.broken = &model.Problem{Severity: policy.SeverityError, Location: policy.Location{File: p},
-				Message: fmt.Sprintf("the file cannot be read: %v", err)}
-			st.data = nil
+		if f.Err == nil && st.broken == nil && st.data != nil && slices.Equal(st.data, f.Data) {
 			continue
 		}
-		if st.data != nil && slices.Equal(st.data, data) && st.broken == nil {
-			continue
-		}
-		st.data = data
-		docs, prob := parseFile(File{Path: p, Data: data})
+		st.data = f.Data
+		docs, prob := parseFile(f)
 		if prob != nil {
 			st.broken = prob
 			continue
@@ -241,7 +217,20 @@ func (s *Source) reload(w *fsnotify.Watcher) error {
 			delete(s.files, p)
 		}
 	}
+	s.dirProblems = dirProblems
 	return nil
+}
+
+// dirProblem reports a subdirectory that cannot be listed; kept says
+// whether files read from it before keep their last version.
+func dirProblem(f File, kept bool) model.Problem {
+	p := *entryProblem(f)
+	if kept {
+		p.Message += "; the files read from it before keep their last valid version until it is fixed"
+	} else {
+		p.Message += noManifestLoaded
+	}
+	return p
 }
 
 // snapshot assembles the current files, in path order.
@@ -252,7 +241,7 @@ func (s *Source) snapshot() *model.Snapshot {
 	}
 	slices.Sort(paths)
 	var docs []document
-	var problems []model.Problem
+	problems := slices.Clone(s.dirProblems)
 	for _, p := range paths {
 		st := s.files[p]
 		if st.broken != nil {
@@ -282,9 +271,4 @@ func (s *Source) publishIfChanged(publish func(*model.Snapshot), observed time.T
 	snap.ObservedAt = observed
 	s.last = snap
 	publish(snap)
-}
-
-func isManifest(path string) bool {
-	ext := strings.ToLower(filepath.Ext(path))
-	return ext == ".yaml" || ext == ".yml"
 }

@@ -2,12 +2,15 @@ package file
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,5 +235,92 @@ func TestSourceRunErrors(t *testing.T) {
 		if err == nil {
 			t.Errorf("Run(%s) succeeded", path)
 		}
+	}
+}
+
+// TestSourceKeepsFilesThatBecomeUnusable: a file meshd has read keeps its
+// objects when it can no longer be used, whatever the reason, until it is
+// fixed or removed, exactly as a file that stops parsing does.
+func TestSourceKeepsFilesThatBecomeUnusable(t *testing.T) {
+	dir := t.TempDir()
+	a := filepath.Join(dir, "sub", "a.yaml")
+	write(t, a, nsYAML("a", ""))
+	write(t, filepath.Join(dir, "b.yaml"), nsYAML("b", ""))
+	ch, stop := runSource(t, dir)
+	defer stop()
+	waitFor(t, ch, "the first load", hasNamespaces("a", "b"))
+
+	// replace swaps a's path for what make creates, atomically, as an
+	// editor's save does, so no reload sees the file missing.
+	replace := func(make func(tmp string) error) func() error {
+		return func() error {
+			tmp := filepath.Join(dir, "sub", ".tmp")
+			if err := make(tmp); err != nil {
+				return err
+			}
+			return os.Rename(tmp, a)
+		}
+	}
+	restore := replace(func(tmp string) error { return os.WriteFile(tmp, []byte(nsYAML("a", "")), 0o644) })
+	steps := []struct {
+		name         string
+		breakIt, fix func() error
+		want         string // the problem's message, up to the ";"
+		at           string // the problem's path
+	}{{
+		name:    "replaced by a named pipe",
+		breakIt: replace(func(tmp string) error { return syscall.Mkfifo(tmp, 0o644) }),
+		fix:     restore,
+		want:    "the file is a named pipe (FIFO), not a regular file, and is never opened", at: a,
+	}, {
+		name:    "replaced by a dangling link",
+		breakIt: replace(func(tmp string) error { return os.Symlink("nowhere.yaml", tmp) }),
+		fix:     restore,
+		want:    "the file is a symbolic link to nowhere.yaml, which does not exist", at: a,
+	}, {
+		name:    "grown over the size limit",
+		breakIt: func() error { return os.Truncate(a, MaxFileSize+1) },
+		fix:     restore,
+		want:    "the file is 4.0 MiB; files over 4 MiB are not read: split it into smaller files", at: a,
+	}, {
+		name: "saved as UTF-16",
+		breakIt: func() error {
+			return os.WriteFile(a, []byte(utf16Text(nsYAML("a", ""), binary.LittleEndian, true)), 0o644)
+		},
+		fix:  restore,
+		want: "the file's encoding is UTF-16", at: a,
+	}, {
+		name:    "made unreadable",
+		breakIt: func() error { return unreadable(t, a) },
+		fix:     func() error { return os.Chmod(a, 0o644) },
+		want:    "the file cannot be read: permission denied", at: a,
+	}, {
+		name:    "its directory made unreadable",
+		breakIt: func() error { return unreadable(t, filepath.Dir(a)) },
+		fix:     func() error { return os.Chmod(filepath.Dir(a), 0o755) },
+		want:    "the directory cannot be read: permission denied", at: filepath.Dir(a),
+	}}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			if err := st.breakIt(); errors.Is(err, errCannotMake) {
+				_ = st.fix()
+				t.Skipf("this step is not checked on this machine: %v", err)
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			s := waitFor(t, ch, "the problem", func(s *model.Snapshot) bool { return len(s.Problems) > 0 })
+			if got := namespaces(s); !slices.Equal(got, []string{"a", "b"}) {
+				t.Errorf("namespaces = %v, want a's last version kept next to b", got)
+			}
+			if len(s.Problems) != 1 || s.Problems[0].Location.File != st.at ||
+				!strings.HasPrefix(s.Problems[0].Message, st.want+";") ||
+				!strings.Contains(s.Problems[0].Message, "last valid version") {
+				t.Errorf("problems = %v, want one at %s: %s; … last valid version …", briefs(s.Problems), st.at, st.want)
+			}
+			if err := st.fix(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, ch, "the fix", func(s *model.Snapshot) bool { return len(s.Problems) == 0 })
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,10 +14,18 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 )
 
-// maxExpandedValues bounds how many JSON values one document may expand to.
-// Aliases let a few lines of YAML describe gigabytes ("billion laughs"); a
-// real manifest is far below this.
-const maxExpandedValues = 100_000
+// Aliases let a few lines of YAML stand for gigabytes ("billion laughs").
+// What a document holds without them is bounded by MaxFileSize; what its
+// aliases add is bounded here: before anything is expanded, the values
+// and the bytes of text its aliases stand for are counted (aliasTotal),
+// and a document whose sum passes either bound is refused without
+// expanding any alias. A manifest that shares a rule or a label set
+// through an anchor stays far below both, and a document without aliases
+// of any size is never refused by them.
+const (
+	maxAliasValues = 100_000
+	maxAliasBytes  = 8 << 20
+)
 
 // fieldIndex remembers where each field of one document was written, so a
 // problem found later (by the Kubernetes decoder or by policy validation)
@@ -135,6 +144,8 @@ type fieldIssue struct {
 // wrong is kept from hiding the problems after it.
 func toJSON(n *yaml.Node, omit map[string]bool) ([]byte, *fieldIndex, []fieldIssue) {
 	c := &converter{ix: &fieldIndex{docLine: n.Line, lines: map[string]int{}}, active: map[*yaml.Node]bool{}, omit: omit}
+	total := c.aliasTotal(n)
+	c.aliasRefused = total.values > maxAliasValues || total.bytes > maxAliasBytes
 	c.value(n, "")
 	return c.buf.Bytes(), c.ix, c.issues
 }
@@ -143,11 +154,95 @@ type converter struct {
 	buf    bytes.Buffer
 	ix     *fieldIndex
 	issues []fieldIssue
-	count  int
 	// active holds the anchors being expanded, to refuse an alias that
 	// contains itself instead of recursing forever.
 	active map[*yaml.Node]bool
 	omit   map[string]bool
+	// unshared counts the list items past maxSharedIndex being converted.
+	unshared int
+	// aliasRefused is set when the document's aliases stand for more than
+	// the bounds allow (see aliasTotal); every alias is then written as
+	// null, and the one at which the sum passes a bound is reported:
+	// aliasValues and aliasBytes sum what the aliases met so far stand for.
+	aliasValues, aliasBytes     int
+	aliasRefused, aliasReported bool
+	// sizes memoizes expansion.
+	sizes map[*yaml.Node]nodeSize
+}
+
+// nodeSize is what a YAML node expands to: its JSON values, and its text
+// (scalars and keys, plus a little for punctuation) in bytes.
+type nodeSize struct{ values, bytes int }
+
+// expansion returns what n expands to, aliases included, without
+// expanding it: each node's size is computed once, so a chain of anchors
+// that would expand to billions of values is measured in as many steps as
+// it has nodes. Sizes saturate well above the bounds instead of
+// overflowing. An alias that contains itself counts as nothing here; it is
+// refused when converted.
+func (c *converter) expansion(n *yaml.Node) nodeSize {
+	if size, ok := c.sizes[n]; ok {
+		return size
+	}
+	if c.sizes == nil {
+		c.sizes = map[*yaml.Node]nodeSize{}
+	}
+	c.sizes[n] = nodeSize{} // while n is being measured, an alias to it counts as nothing
+	size := nodeSize{values: 1, bytes: len(n.Value) + 4}
+	switch n.Kind {
+	case yaml.AliasNode:
+		size = nodeSize{}
+		if n.Alias != nil {
+			size = c.expansion(n.Alias)
+		}
+	case yaml.DocumentNode, yaml.MappingNode, yaml.SequenceNode:
+		for _, child := range n.Content {
+			cs := c.expansion(child)
+			size.values = min(size.values+cs.values, 1<<40)
+			size.bytes = min(size.bytes+cs.bytes, 1<<50)
+		}
+		if n.Kind == yaml.MappingNode {
+			size.values -= len(n.Content) / 2 // keys are text, not values
+		}
+	}
+	c.sizes[n] = size
+	return size
+}
+
+// aliasTotal returns what the aliases written in the document starting at
+// n stand for, all together: the aliases the conversion meets outside
+// other aliases are exactly those in the tree, whose expansions include
+// the aliases inside them.
+func (c *converter) aliasTotal(n *yaml.Node) nodeSize {
+	if n.Kind == yaml.AliasNode {
+		if n.Alias == nil {
+			return nodeSize{}
+		}
+		return c.expansion(n.Alias)
+	}
+	var total nodeSize
+	for _, child := range n.Content {
+		cs := c.aliasTotal(child)
+		total.values = min(total.values+cs.values, 1<<40)
+		total.bytes = min(total.bytes+cs.bytes, 1<<50)
+	}
+	return total
+}
+
+// maxSharedIndex is the first list index whose paths are not interned.
+// Paths of the first items of lists ("spec.ports[0].port") recur in
+// every document of a kind and are worth sharing; those of a long list's
+// later items ("spec.rules[9000].from[0]") belong to one document, and
+// interning them would only cost time.
+const maxSharedIndex = 16
+
+// intern returns path interned, unless it is below a list item past
+// maxSharedIndex.
+func (c *converter) intern(path string) string {
+	if c.unshared > 0 {
+		return path
+	}
+	return unique.Make(path).Value()
 }
 
 func (c *converter) fail(n *yaml.Node, path, format string, args ...any) {
@@ -155,14 +250,6 @@ func (c *converter) fail(n *yaml.Node, path, format string, args ...any) {
 }
 
 func (c *converter) value(n *yaml.Node, path string) {
-	c.count++
-	if c.count > maxExpandedValues {
-		if c.count == maxExpandedValues+1 {
-			c.fail(n, path, "the document expands to more than %d values (YAML aliases?); split it up", maxExpandedValues)
-		}
-		c.buf.WriteString("null")
-		return
-	}
 	if _, seen := c.ix.lines[path]; !seen && path != "" {
 		c.ix.lines[path] = n.Line
 	}
@@ -191,18 +278,45 @@ func (c *converter) value(n *yaml.Node, path string) {
 			c.buf.WriteString("null")
 			return
 		}
+		if c.aliasRefused {
+			size := c.expansion(n.Alias)
+			c.aliasValues = min(c.aliasValues+size.values, 1<<40)
+			c.aliasBytes = min(c.aliasBytes+size.bytes, 1<<50)
+			if !c.aliasReported && (c.aliasValues > maxAliasValues || c.aliasBytes > maxAliasBytes) {
+				c.aliasReported = true
+				c.fail(n, path, "the YAML aliases of this document expand to more than %d values or %d MiB (an alias bomb?); "+
+					"write the values out, or split the document", maxAliasValues, maxAliasBytes>>20)
+			}
+			c.buf.WriteString("null")
+			return
+		}
 		c.active[n.Alias] = true
 		c.value(n.Alias, path)
 		delete(c.active, n.Alias)
 	case yaml.MappingNode:
+		if tag := n.ShortTag(); tag != "!!map" {
+			c.badTag(n, path, tag)
+			return
+		}
 		c.mapping(n, path)
 	case yaml.SequenceNode:
+		if tag := n.ShortTag(); tag != "!!seq" {
+			c.badTag(n, path, tag)
+			return
+		}
 		c.buf.WriteByte('[')
 		for i, item := range n.Content {
 			if i > 0 {
 				c.buf.WriteByte(',')
 			}
-			c.value(item, unique.Make(path+"["+strconv.Itoa(i)+"]").Value())
+			child := path + "[" + strconv.Itoa(i) + "]"
+			if i >= maxSharedIndex {
+				c.unshared++
+			}
+			c.value(item, c.intern(child))
+			if i >= maxSharedIndex {
+				c.unshared--
+			}
 		}
 		c.buf.WriteByte(']')
 	case yaml.ScalarNode:
@@ -230,6 +344,10 @@ func (c *converter) mapping(n *yaml.Node, path string) {
 			c.fail(k, path, "YAML merge keys (<<) are not supported; write the fields out")
 			continue
 		}
+		if tag := k.ShortTag(); !slices.Contains(scalarTags, tag) {
+			c.fail(k, path, "the YAML tag %s is not allowed on a key; keys are plain values", tag)
+			continue
+		}
 		key := k.Value
 		child := key
 		if path != "" {
@@ -244,9 +362,9 @@ func (c *converter) mapping(n *yaml.Node, path string) {
 		// report map entries write "portLevelMtls[8080]".
 		// Paths are interned: thousands of documents of one kind share
 		// them, and the index outlives the parse.
-		child = unique.Make(child).Value()
+		child = c.intern(child)
 		if path != "" {
-			c.ix.lines[unique.Make(path+"["+key+"]").Value()] = k.Line
+			c.ix.lines[c.intern(path+"["+key+"]")] = k.Line
 		}
 		c.ix.lines[child] = k.Line
 		if !first {
@@ -261,7 +379,25 @@ func (c *converter) mapping(n *yaml.Node, path string) {
 	c.buf.WriteByte('}')
 }
 
+// scalarTags are the tags a scalar may carry: YAML's core schema, plus
+// the timestamps and binary values YAML 1.1 files use, which stay text.
+// Any other tag (`!!python/object`, `!Ref`, ...) asks for a type that
+// Kubernetes manifests do not have, and some YAML libraries construct
+// objects from such tags, so they are refused rather than read as text.
+var scalarTags = []string{"!!str", "!!int", "!!float", "!!bool", "!!null", "!!timestamp", "!!binary"}
+
+// badTag refuses a value with a tag outside scalarTags, !!map and !!seq.
+func (c *converter) badTag(n *yaml.Node, path, tag string) {
+	c.fail(n, path, "the YAML tag %s is not allowed; manifests use plain values, lists and mappings "+
+		"(tags %s, !!map, !!seq)", tag, strings.Join(scalarTags, ", "))
+	c.buf.WriteString("null")
+}
+
 func (c *converter) scalar(n *yaml.Node, path string) {
+	if tag := n.ShortTag(); !slices.Contains(scalarTags, tag) {
+		c.badTag(n, path, tag)
+		return
+	}
 	switch n.ShortTag() {
 	case "!!null":
 		c.buf.WriteString("null")
@@ -301,8 +437,8 @@ func (c *converter) scalar(n *yaml.Node, path string) {
 		}
 		c.buf.WriteString(strconv.FormatFloat(f, 'g', -1, 64))
 	default:
-		// Strings, timestamps (Kubernetes keeps them as RFC 3339 text),
-		// binary and custom tags all stay text.
+		// Strings, timestamps (Kubernetes keeps them as RFC 3339 text)
+		// and binary values stay text.
 		b, _ := json.Marshal(n.Value)
 		c.buf.Write(b)
 	}

@@ -22,7 +22,8 @@ type inputs struct {
 	slices     []*discoveryv1.EndpointSlice
 	policies   []decoded
 	// rootNamespace holds mesh-wide policy (policy.DefaultRootNamespace
-	// when empty).
+	// when empty); it also decides which workloads a policy's selector may
+	// select, for the warnings about policy selectors (convert.Warnings).
 	rootNamespace string
 }
 
@@ -44,8 +45,9 @@ var convertOptions = convert.Options{}
 
 // build converts the cluster's objects into a model snapshot. The
 // conversion rules live in discovery/convert, shared with the file source,
-// so one mesh described either way gives the same snapshot. This source
-// only adds its own reporting: ExternalName services are skipped with a
+// so one mesh described either way gives the same snapshot, with the same
+// warnings about objects that clash (convert.Warnings). This source only
+// adds its own reporting: ExternalName services are skipped with a
 // warning, as the file source refuses them.
 func build(in inputs) *model.Snapshot {
 	s, _ := buildReportingConflicts(in)
@@ -99,6 +101,7 @@ func buildReportingConflicts(in inputs) (*model.Snapshot, policy.Problems) {
 	s.Policies.PeerAuthentications, conflicts = policy.ResolvePeerAuthenticationConflicts(
 		cmp.Or(in.rootNamespace, policy.DefaultRootNamespace), s.Policies.PeerAuthentications, workloads)
 	s.Problems = append(s.Problems, conflicts...)
+	s.Problems = append(s.Problems, convert.Warnings(services, in.pods, in.slices, &s.Policies, in.rootNamespace, convertOptions)...)
 	slices.SortFunc(s.Problems, func(a, b model.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace),
 			cmp.Compare(a.Name, b.Name), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))

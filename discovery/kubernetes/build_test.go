@@ -1,6 +1,7 @@
 package kubernetes
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -365,6 +366,95 @@ ports: [{port: 80}]
 endpoints: []
 `
 
+// clusterInputs turns a multi-document manifest into build's inputs, as
+// the informers would list them. Every document names its namespace.
+func clusterInputs(t *testing.T, manifest string) inputs {
+	t.Helper()
+	in := inputs{rootNamespace: "istio-system"}
+	for i, doc := range strings.Split(manifest, "\n---\n") {
+		var h struct{ APIVersion, Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &h); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+		var obj any
+		switch {
+		case h.Kind == "Namespace":
+			ns := &corev1.Namespace{}
+			in.namespaces, obj = append(in.namespaces, ns), ns
+		case h.Kind == "Service":
+			svc := &corev1.Service{}
+			in.services, obj = append(in.services, svc), svc
+		case h.Kind == "Pod":
+			p := &corev1.Pod{}
+			in.pods, obj = append(in.pods, p), p
+		case h.Kind == "EndpointSlice":
+			s := &discoveryv1.EndpointSlice{}
+			in.slices, obj = append(in.slices, s), s
+		case policy.IsPolicyKind(h.APIVersion, h.Kind):
+			u := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+				t.Fatalf("document %d: %v", i, err)
+			}
+			in.policies = append(in.policies, decodeObject(u))
+			continue
+		default:
+			t.Fatalf("document %d: kind %q is not handled by this test", i, h.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
+			t.Fatalf("document %d: %v", i, err)
+		}
+	}
+	return in
+}
+
+// TestBuildWarningsMatchFileSource: objects that clash (two pods with one
+// IP, a policy selector that selects nothing) are reported alike by both
+// sources; only the file source knows file and line.
+func TestBuildWarningsMatchFileSource(t *testing.T) {
+	const mesh = `apiVersion: v1
+kind: Pod
+metadata: {name: cart-0, namespace: shop, labels: {app: cart}}
+spec: {containers: [{name: app, image: cart}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stale, namespace: shop, labels: {app: old}}
+spec: {containers: [{name: app, image: old}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: kart, namespace: shop}
+spec:
+  selector: {matchLabels: {app: kart}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: everywhere, namespace: istio-system}
+spec:
+  selector: {matchLabels: {app: cart}}`
+	fromFiles := file.Build([]file.File{{Path: "mesh.yaml", Data: []byte(mesh + "\n")}}, file.Options{})
+	fromCluster := build(clusterInputs(t, mesh))
+	render := func(ps []model.Problem) []string {
+		var out []string
+		for _, p := range ps {
+			if p.Severity == policy.SeverityWarning && (p.Field == "status.podIP" || p.Field == "spec.selector") {
+				out = append(out, p.Kind+" "+p.Namespace+"/"+p.Name+" "+p.Field+": "+p.Message)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	files, cluster := render(fromFiles.Problems), render(fromCluster.Problems)
+	if len(files) != 2 {
+		t.Errorf("the file source reports %d clashes, want 2: %v", len(files), files)
+	}
+	if diff := cmp.Diff(files, cluster); diff != "" {
+		t.Errorf("file source and Kubernetes source disagree (-file +kubernetes):\n%s", diff)
+	}
+}
+
 // TestBuildMatchesFileSource is the promise of discovery/convert: one mesh
 // read from files or from a cluster gives deeply equal snapshots.
 func TestBuildMatchesFileSource(t *testing.T) {
@@ -373,34 +463,7 @@ func TestBuildMatchesFileSource(t *testing.T) {
 		t.Fatalf("the file source reports a problem, so the test mesh is wrong: %s", p)
 	}
 
-	var in inputs
-	for i, doc := range strings.Split(sameMesh, "\n---\n") {
-		var h struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &h); err != nil {
-			t.Fatalf("document %d: %v", i, err)
-		}
-		var obj any
-		switch h.Kind {
-		case "Namespace":
-			ns := &corev1.Namespace{}
-			in.namespaces, obj = append(in.namespaces, ns), ns
-		case "Service":
-			svc := &corev1.Service{}
-			in.services, obj = append(in.services, svc), svc
-		case "Pod":
-			p := &corev1.Pod{}
-			in.pods, obj = append(in.pods, p), p
-		case "EndpointSlice":
-			s := &discoveryv1.EndpointSlice{}
-			in.slices, obj = append(in.slices, s), s
-		default:
-			t.Fatalf("document %d: kind %q is not handled by this test", i, h.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
-			t.Fatalf("document %d: %v", i, err)
-		}
-	}
-	fromCluster := build(in)
+	fromCluster := build(clusterInputs(t, sameMesh))
 
 	if diff := cmp.Diff(fromFiles, fromCluster); diff != "" {
 		t.Errorf("file source and Kubernetes source disagree (-file +kubernetes):\n%s", diff)

@@ -57,6 +57,7 @@ import (
 
 	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/policy"
 )
 
 // DefaultCoalesce is how long the source waits after a change for more
@@ -107,9 +108,11 @@ type Options struct {
 	// discovery.Observer).
 	Observe discovery.Observer
 
-	// RootNamespace holds mesh-wide policy; policy.DefaultRootNamespace
-	// when empty. Conflicts between mesh-wide policies are decided when
-	// the snapshot is built.
+	// RootNamespace holds mesh-wide policy, as meshd's --root-namespace;
+	// policy.DefaultRootNamespace when empty. Conflicts between mesh-wide
+	// policies are decided when the snapshot is built, and it decides
+	// which workloads a policy's selector may select, for the warning
+	// about a selector that selects none.
 	RootNamespace string
 }
 
@@ -138,7 +141,7 @@ func New(opts Options) (*Source, error) {
 		invalid:  opts.InvalidObjects,
 		recorder: opts.EventRecorder,
 		observe:  opts.Observe,
-		root:     opts.RootNamespace,
+		root:     cmp.Or(opts.RootNamespace, policy.DefaultRootNamespace),
 	}
 	if s.recheck <= 0 {
 		s.recheck = DefaultKindRecheck
@@ -407,7 +410,7 @@ func (s *Source) waitForSync(ctx context.Context, w *watched) bool {
 
 // collect reads the informer caches into build's inputs.
 func (s *Source) collect(w *watched, dc *decodeCache) inputs {
-	var in inputs
+	in := inputs{rootNamespace: s.root}
 	in.namespaces = listAs[*corev1.Namespace](w.namespaces)
 	in.services = listAs[*corev1.Service](w.services)
 	in.pods = listAs[*corev1.Pod](w.pods)
