@@ -49,29 +49,47 @@ func (c *CA) NewServingCertificate(hosts []string, log *slog.Logger) (*ServingCe
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &ServingCertificate{ca: c, hosts: strings.Join(hosts, ","), log: log}
-	if len(hosts) == 0 {
-		return nil, errors.New("a serving certificate needs at least one DNS name or IP address")
+	dns, ips, err := splitHosts(hosts)
+	if err != nil {
+		return nil, err
 	}
-	for _, h := range hosts {
-		if ip, err := netip.ParseAddr(h); err == nil {
-			if ip.Zone() != "" {
-				return nil, fmt.Errorf("serving certificate host %q: an IP address with a zone cannot go into a certificate", h)
-			}
-			s.ips = append(s.ips, net.IP(ip.AsSlice()))
-			continue
-		}
-		if err := validateDNSSubdomain(h); err != nil {
-			return nil, fmt.Errorf("serving certificate host %q is neither an IP address nor a DNS name: it %w", h, err)
-		}
-		s.dns = append(s.dns, h)
-	}
+	s := &ServingCertificate{ca: c, dns: dns, ips: ips, hosts: strings.Join(hosts, ","), log: log}
 	cert, renewAt, err := s.issue()
 	if err != nil {
 		return nil, err
 	}
 	s.current, s.renewAt = cert, renewAt
 	return s, nil
+}
+
+// CheckServingHosts reports whether every host can go into a serving
+// certificate (NewServingCertificate checks the same), so a command line
+// can be checked before anything starts.
+func CheckServingHosts(hosts []string) error {
+	_, _, err := splitHosts(hosts)
+	return err
+}
+
+// splitHosts sorts hosts into DNS names and IP addresses, refusing what a
+// certificate cannot name: the error names the host and the rule.
+func splitHosts(hosts []string) (dns []string, ips []net.IP, err error) {
+	if len(hosts) == 0 {
+		return nil, nil, errors.New("a serving certificate needs at least one DNS name or IP address")
+	}
+	for _, h := range hosts {
+		if ip, err := netip.ParseAddr(h); err == nil {
+			if ip.Zone() != "" {
+				return nil, nil, fmt.Errorf("serving certificate host %q: an IP address with a zone cannot go into a certificate", h)
+			}
+			ips = append(ips, net.IP(ip.AsSlice()))
+			continue
+		}
+		if err := validateDNSSubdomain(h); err != nil {
+			return nil, nil, fmt.Errorf("serving certificate host %q is neither an IP address nor a DNS name: it %w", h, err)
+		}
+		dns = append(dns, h)
+	}
+	return dns, ips, nil
 }
 
 // GetCertificate is for tls.Config.GetCertificate: the current certificate,
