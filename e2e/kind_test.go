@@ -12,13 +12,15 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	kubesource "github.com/minimesh/minimesh/discovery/kubernetes"
+	"github.com/minimesh/minimesh/discovery/kubernetes/admission"
 	"github.com/minimesh/minimesh/e2e/harness"
 	"github.com/minimesh/minimesh/e2e/kubeenv"
 )
 
 // TestKindManifests validates every manifest in examples/kind with a
-// server-side dry run against a real API server (after installing the CRDs
-// and the ClusterRole the guide tells users to apply), so that the guide's
+// server-side dry run against a real API server (after installing the CRDs,
+// the ClusterRole and the webhook configuration the guide tells users to
+// apply), so that the guide's
 // manifests cannot rot: a misspelt field, a wrong enum value or a bad
 // apiVersion fails here. The namespaces they create are created for real
 // first, because a dry run cannot create an object in a namespace that
@@ -46,6 +48,11 @@ func TestKindManifests(t *testing.T) {
 	ctx := t.Context()
 	if err := env.Apply(ctx, append(kubesource.CRDs(), append([]byte("\n---\n"), kubesource.RBAC()...)...), kubeenv.ApplyOptions{}); err != nil {
 		t.Fatalf("apply the CRDs and rbac.yaml, as the guide does: %v", err)
+	}
+	// The guide applies webhook.yaml too. No meshd answers it here, so its
+	// failurePolicy Ignore must let the policies' dry runs through.
+	if err := env.Apply(ctx, admission.WebhookConfiguration(), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatalf("apply webhook.yaml, as the guide does: %v", err)
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f)

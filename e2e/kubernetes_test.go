@@ -471,6 +471,9 @@ current-context: c
 		"--ca-dir", filepath.Join(m.dir, "ca"),
 		"--xds-addr", m.xdsAddr,
 		"--monitoring-addr", m.monitoring,
+		// No ValidatingWebhookConfiguration points here: this test is
+		// about discovery (TestKubernetesWebhook covers the webhook).
+		"--webhook-addr", "127.0.0.1:0",
 		"--debounce-after", "50ms", "--debounce-max", "500ms",
 	)
 	deadline := time.Now().Add(60 * time.Second)

@@ -58,6 +58,23 @@ func (p Problem) Error() string {
 	return b.String()
 }
 
+// Line renders the problem the way `meshctl validate` prints it, with the
+// severity spelled out: "file:line: error|warning: Kind ns/name: field:
+// reason" (the location only when there is one). The admission webhook
+// answers with the same lines, so a user sees one wording wherever a
+// mistake is caught.
+func (p Problem) Line() string {
+	loc := p.Location.String()
+	p.Location = Location{}
+	sev := p.Severity
+	p.Severity = SeverityError // Error() adds nothing for errors
+	s := string(sev) + ": " + p.Error()
+	if loc != "" {
+		s = loc + ": " + s
+	}
+	return s
+}
+
 // Problems is a list of problems, errors and warnings mixed.
 type Problems []Problem
 

@@ -70,7 +70,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 	snap := file.Build(files, file.Options{DefaultNamespace: namespace, RootNamespace: rootNamespace})
 	errs, warns := 0, 0
 	for _, p := range snap.Problems {
-		fmt.Fprintln(stdout, formatProblem(p))
+		fmt.Fprintln(stdout, p.Line())
 		if p.Severity == policy.SeverityError {
 			errs++
 		} else {
@@ -82,20 +82,6 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	return exitOK
-}
-
-// formatProblem renders "file:line: error: Kind ns/name: field: reason",
-// the compiler-like form editors can jump to.
-func formatProblem(p model.Problem) string {
-	loc := p.Location.String()
-	p.Location = policy.Location{}
-	sev := p.Severity
-	p.Severity = policy.SeverityError // Error() adds nothing for errors
-	s := string(sev) + ": " + p.Error()
-	if loc != "" {
-		s = loc + ": " + s
-	}
-	return s
 }
 
 func summary(files int, s *model.Snapshot, errs, warns int) string {

@@ -55,9 +55,11 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 	return rc, nil
 }
 
-// kubeParts is what Kubernetes mode adds to meshd: the discovery source,
-// the TokenReview authenticator, and the Event broadcaster to stop.
+// kubeParts is what Kubernetes mode adds to meshd: the client, the
+// discovery source, the TokenReview authenticator, and the Event
+// broadcaster to stop.
 type kubeParts struct {
+	client kubernetes.Interface
 	source *kubesource.Source
 	authn  auth.Authenticator // nil unless --xds-auth=kubernetes
 	stop   func()
@@ -107,7 +109,7 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 		broadcaster.Shutdown()
 		return nil, err
 	}
-	parts := &kubeParts{source: src, stop: broadcaster.Shutdown}
+	parts := &kubeParts{client: client, source: src, stop: broadcaster.Shutdown}
 	if cfg.XDSAuth == "kubernetes" {
 		parts.authn = newReviewFallback(tokenreview.New(client, tokenreview.Options{Audiences: cfg.XDSTokenAudiences}),
 			log.With("component", "xds-auth"))

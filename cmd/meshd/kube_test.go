@@ -113,7 +113,7 @@ spec:
 	done := make(chan error, 1)
 	go func() {
 		done <- run(runCtx, []string{"serve", "--kubeconfig", kubeconfig, "--log-format", "json",
-			"--ca-dir", t.TempDir(), "--xds-addr", "127.0.0.1:0", "--monitoring-addr", mon}, &stdout, &stderr)
+			"--ca-dir", t.TempDir(), "--xds-addr", "127.0.0.1:0", "--monitoring-addr", mon, "--webhook-addr", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 	t.Cleanup(func() {
 		stop()

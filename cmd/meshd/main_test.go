@@ -133,6 +133,12 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"serve", "--kubeconfig", file, "--xds-token-audience", " , "}, wantCode: 2, wantErr: "--xds-token-audience is empty"},
 		{args: []string{"serve", "--kubeconfig", file, "--xds-token-file", file}, wantCode: 2, wantErr: "--xds-token-file is only read with --xds-auth=static, not kubernetes"},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--debounce-after", "2s"}, wantCode: 2, wantErr: "--debounce-after (2s) must be positive and at most --debounce-max (1s)"},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--webhook-addr", ":15017"}, wantCode: 2,
+			wantErr: "--webhook-addr serves the Kubernetes API server's admission requests, so it needs --kubeconfig or --in-cluster"},
+		{args: []string{"serve", "--kubeconfig", file, "--webhook-addr", "15017"}, wantCode: 2, wantErr: `--webhook-addr "15017" is not host:port or off`},
+		{args: []string{"serve", "--kubeconfig", file, "--webhook-hosts", " , "}, wantCode: 2, wantErr: "--webhook-hosts is empty"},
+		{args: []string{"serve", "--kubeconfig", file, "--webhook-hosts", "meshd.minimesh-system.svc,Meshd_1"}, wantCode: 2,
+			wantErr: `--webhook-hosts: serving certificate host "Meshd_1" is neither an IP address nor a DNS name`},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

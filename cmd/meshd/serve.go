@@ -24,6 +24,7 @@ import (
 	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/file"
 	"github.com/minimesh/minimesh/discovery/jwks"
+	"github.com/minimesh/minimesh/discovery/kubernetes/admission"
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/policy"
 	"github.com/minimesh/minimesh/translate"
@@ -67,13 +68,22 @@ type serveConfig struct {
 	// XDSTokenAudiences are the audiences TokenReview accepts with
 	// --xds-auth=kubernetes.
 	XDSTokenAudiences []string
+
+	// WebhookAddr is where the admission webhook listens; empty when it
+	// is off (always with --config-dir).
+	WebhookAddr string
+	// WebhookHosts are the DNS names and IPs of its serving certificate.
+	WebhookHosts []string
+	// WebhookConfigName is the ValidatingWebhookConfiguration whose
+	// caBundle meshd keeps current; empty leaves it to someone else.
+	WebhookConfigName string
 }
 
 // parseServeFlags parses and checks the flags of `meshd serve`. It returns
 // flag.ErrHelp after printing the help for --help.
 func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, error) {
 	var cfg serveConfig
-	var level, audiences string
+	var level, audiences, webhookHosts string
 	fs := flag.NewFlagSet("meshd serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML manifests to load and watch (or use --kubeconfig / --in-cluster)")
@@ -99,6 +109,12 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 		"the default with --kubeconfig/--in-cluster), static (bearer tokens from --xds-token-file; the default with --config-dir) or none (local use only)")
 	fs.StringVar(&cfg.XDSTokenFile, "xds-token-file", "", "with --xds-auth=static: file of 'token,namespace,serviceaccount' lines")
 	fs.StringVar(&audiences, "xds-token-audience", DefaultTokenAudience, "with --xds-auth=kubernetes: comma-separated audiences a token must be issued for")
+	fs.StringVar(&cfg.WebhookAddr, "webhook-addr", "", "Kubernetes mode: address of the validating admission webhook for the policy kinds (HTTPS, path "+
+		admission.Path+"; default "+defaultWebhookAddr+"; off to disable)")
+	fs.StringVar(&webhookHosts, "webhook-hosts", defaultWebhookHosts, "comma-separated DNS names and IP addresses of the webhook's serving certificate, "+
+		"issued by the mesh CA: SERVICE.NAMESPACE.svc of meshd's Service, or the host of a url clientConfig")
+	fs.StringVar(&cfg.WebhookConfigName, "webhook-config-name", admission.DefaultConfigName, "ValidatingWebhookConfiguration whose caBundle meshd keeps equal to the mesh root "+
+		"(empty: leave it to someone else)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshd serve --config-dir DIR [flags]\n"+
 			"       meshd serve --kubeconfig PATH | --in-cluster [flags]\n\n"+
@@ -187,6 +203,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if cfg.XDSTokenFile != "" && cfg.XDSAuth != "static" {
 		return cfg, usagef("--xds-token-file is only read with --xds-auth=static, not %s", cfg.XDSAuth)
 	}
+	if err := checkWebhook(&cfg, webhookHosts); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -252,6 +271,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var src discovery.Source
+	var kube *kubeParts
 	var authn auth.Authenticator = auth.None{}
 	// The source reports changes as it sees them to the xDS server's
 	// debounce; the server is made below, and a change seen before that
@@ -263,7 +283,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	})
 	if cfg.kubeMode() {
-		kube, err := newKubeParts(ctx, cfg, registry, log, observe)
+		kube, err = newKubeParts(ctx, cfg, registry, log, observe)
 		if err != nil {
 			return err
 		}
@@ -320,6 +340,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		xdsLis.Close()
 		return fmt.Errorf("--monitoring-addr %s: %w", cfg.MonitoringAddr, err)
 	}
+	var hook *webhook
+	if cfg.WebhookAddr != "" {
+		hook, err = newWebhook(cfg, kube.client, authority, log.With("component", "webhook"))
+		if err != nil {
+			xdsLis.Close()
+			monLis.Close()
+			return err
+		}
+	}
 	log.Info("monitoring", "addr", monLis.Addr().String(), "metrics", "/metrics", "debug", "/debug/syncz")
 
 	handler := srv.Handler()
@@ -328,7 +357,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Warn("serving Go's profiler at /debug/pprof/; it exposes memory contents, keep --monitoring-addr private")
 	}
 	mon := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	errs := make(chan error, 3)
+	workers := 3
+	errs := make(chan error, 4)
 	go func() {
 		if err := mon.Serve(monLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs <- fmt.Errorf("serving monitoring on %s: %w", cfg.MonitoringAddr, err)
@@ -337,6 +367,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		errs <- nil
 	}()
 	go func() { errs <- srv.Serve(ctx, xdsLis) }()
+	if hook != nil {
+		workers++
+		go func() { errs <- hook.run(ctx) }()
+	}
 	held := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "minimesh_discovery_held_objects",
 		Help: "Objects whose newest version was refused while their last valid version stays in force, by kind.",
@@ -355,7 +389,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	// The first error (or ctx) stops everything; then wait for the rest.
 	var first error
-	for range 3 {
+	for range workers {
 		err := <-errs
 		if first == nil && err != nil {
 			first = err

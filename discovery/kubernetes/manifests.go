@@ -29,5 +29,6 @@ func CRDs() []byte {
 }
 
 // RBAC returns the ClusterRole meshd needs (rbac.yaml): read access to
-// what discovery watches, Events, and TokenReviews.
+// what discovery watches, Events, TokenReviews, and the caBundle of its
+// ValidatingWebhookConfiguration (see package admission).
 func RBAC() []byte { return bytes.Clone(rbac) }

@@ -140,6 +140,16 @@ func firstError(ps policy.Problems) string {
 	return "see the object's problems"
 }
 
+// DecodePolicy decodes one policy custom resource exactly as the source
+// does, so that the admission webhook admits precisely what the source
+// accepts: the object (nil when any problem is an error) and every
+// problem. u must be one of the four policy kinds (see
+// policy.IsPolicyKind); any other kind is reported as not a policy kind.
+func DecodePolicy(u *unstructured.Unstructured) (policy.Object, policy.Problems) {
+	d := decodeObject(u)
+	return d.obj, d.problems
+}
+
 // decodeObject turns one custom resource into a policy object. Everything
 // but the spec comes from the object's metadata; Kubernetes objects have no
 // file location.

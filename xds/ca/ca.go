@@ -1,6 +1,9 @@
 // Package ca is minimesh's certificate authority. It signs the X.509
-// workload certificates that carry each proxy's SPIFFE identity and serves
-// the trust bundle proxies validate peers against.
+// workload certificates that carry each proxy's SPIFFE identity, serves
+// the trust bundle proxies validate peers against, and issues the TLS
+// serving certificate of meshd's own admission webhook
+// (ServingCertificate), which the API server checks against the same
+// bundle.
 //
 // The signing certificate comes from one of two places:
 //

@@ -70,19 +70,9 @@ func (c *CA) sign(pub crypto.PublicKey, ns, sa string) (*Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot issue a certificate: SPIFFE ID %q: %w", id, err)
 	}
-	now := c.now()
-	if !now.Before(c.cert.NotAfter) {
-		return nil, fmt.Errorf("cannot issue a certificate for %s: the CA certificate expired at %s", id, c.cert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	notBefore := now.Add(-clockSkew)
-	if notBefore.Before(c.cert.NotBefore) {
-		notBefore = c.cert.NotBefore
-	}
-	// A certificate cannot outlive its issuer: peers would reject the
-	// chain, so shorten it and let renewal (at half life) pick up the slack.
-	notAfter := now.Add(c.ttl)
-	if notAfter.After(c.cert.NotAfter) {
-		notAfter = c.cert.NotAfter
+	now, notBefore, notAfter, err := c.validity(id)
+	if err != nil {
+		return nil, err
 	}
 	serial, err := randomSerial()
 	if err != nil {
@@ -112,6 +102,28 @@ func (c *CA) sign(pub crypto.PublicKey, ns, sa string) (*Certificate, error) {
 		NotAfter:  notAfter.Truncate(time.Second),
 		IssuedAt:  now,
 	}, nil
+}
+
+// validity is the lifetime of a certificate issued now: the CA's TTL,
+// backdated for clock skew, and never beyond the signing certificate's own
+// lifetime. what names the certificate in the error.
+func (c *CA) validity(what string) (now, notBefore, notAfter time.Time, err error) {
+	now = c.now()
+	if !now.Before(c.cert.NotAfter) {
+		return now, notBefore, notAfter, fmt.Errorf("cannot issue a certificate for %s: the CA certificate expired at %s",
+			what, c.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	notBefore = now.Add(-clockSkew)
+	if notBefore.Before(c.cert.NotBefore) {
+		notBefore = c.cert.NotBefore
+	}
+	// A certificate cannot outlive its issuer: peers would reject the
+	// chain, so shorten it and let renewal (at half life) pick up the slack.
+	notAfter = now.Add(c.ttl)
+	if notAfter.After(c.cert.NotAfter) {
+		notAfter = c.cert.NotAfter
+	}
+	return now, notBefore, notAfter, nil
 }
 
 // checkWorkloadKey accepts the key types and sizes that both Envoy and
