@@ -186,6 +186,12 @@ func grpcShapeViolations(res *Resources) []string {
 				(m.GetTransportProtocol() != "" && m.GetTransportProtocol() != "raw_buffer") {
 				bad("%s: gRPC drops chains matching on destination_port, application_protocols, server_names or TLS", where)
 			}
+			// gRFC A36: transport_protocol matches only "raw_buffer"; some
+			// implementations skip a chain that leaves it empty, and
+			// gRPC-Go drops empty ones next to a "raw_buffer" one.
+			if fc != l.GetDefaultFilterChain() && m.GetTransportProtocol() != "raw_buffer" {
+				bad("%s: transport_protocol %q, want \"raw_buffer\" (gRFC A36)", where, m.GetTransportProtocol())
+			}
 			if len(fc.GetFilters()) != 1 {
 				bad("%s: want exactly one HTTP connection manager", where)
 				continue
