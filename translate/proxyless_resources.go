@@ -254,13 +254,25 @@ func ProxylessDownstreamMTLS() *corev3.TransportSocket {
 // empty, any SPIFFE ID of the trust domain is accepted. gRPC reads the
 // sni only behind an experimental flag, and then NACKs one longer than TLS
 // allows, so an over-long one is left out.
+//
+// The SAN check is written twice, saying the same thing. The typed
+// matchers (match_typed_subject_alt_names, a SAN type per matcher) are the
+// current xDS field, for implementations that read it. gRFC A29 specifies
+// the deprecated match_subject_alt_names, and it is the only one gRPC-Go
+// v1.85 reads (internal/xds/xdsclient/xdsresource/unmarshal_cds.go): with
+// the typed field alone gRPC-Go would accept any server the mesh CA
+// signed. An implementation that reads both (as Envoy does) accepts the
+// union, which is the same set of identities.
 func ProxylessUpstreamMTLS(sni string, sans []string, trustDomain string) *corev3.TransportSocket {
-	matchers := make([]*matcherv3.StringMatcher, 0, len(sans))
+	typed := make([]*tlsv3.SubjectAltNameMatcher, 0, len(sans))
+	untyped := make([]*matcherv3.StringMatcher, 0, len(sans))
 	for _, s := range sans {
-		matchers = append(matchers, exactMatcher(s))
+		typed = append(typed, sanMatcher(s))
+		untyped = append(untyped, exactMatcher(s))
 	}
-	if len(matchers) == 0 {
-		matchers = append(matchers, prefixMatcher("spiffe://"+trustDomain+"/"))
+	if len(sans) == 0 {
+		typed = append(typed, uriSAN(prefixMatcher("spiffe://"+trustDomain+"/")))
+		untyped = append(untyped, prefixMatcher("spiffe://"+trustDomain+"/"))
 	}
 	if len(sni) > maxSNILength {
 		sni = ""
@@ -271,8 +283,8 @@ func ProxylessUpstreamMTLS(sni string, sans []string, trustDomain string) *corev
 			TlsCertificateProviderInstance: certificateProvider(),
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 				CaCertificateProviderInstance: certificateProvider(),
-				// gRPC-Go reads only this deprecated field, not the typed one.
-				MatchSubjectAltNames: matchers, //nolint:staticcheck // see above
+				MatchTypedSubjectAltNames:     typed,
+				MatchSubjectAltNames:          untyped, //nolint:staticcheck // gRFC A29's field; see above
 			}},
 		},
 	})
