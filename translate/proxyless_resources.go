@@ -26,8 +26,9 @@ import (
 // tls_params, SDS secret configs, transport_socket_matches, SAN matchers on
 // the server, duplicate HTTP filter names and an HTTP filter list that does
 // not end with the router; it drops filter chains that match on
-// destination_port, transport_protocol "tls", application_protocols or
-// server_names; and it ignores a locality without weight.
+// destination_port, a transport_protocol other than "raw_buffer",
+// application_protocols or server_names; and it ignores a locality without
+// weight.
 
 // maxSNILength is the longest server name TLS allows; gRPC NACKs longer ones
 // when it reads sni at all.
@@ -56,6 +57,14 @@ type serverListener struct {
 //     cannot look at the first bytes of a connection to tell TLS from
 //     plaintext as Envoy's tls_inspector does, so the caller's address
 //     decides instead; without in-mesh addresses there is no mTLS chain.
+//
+// Every matched chain says transport_protocol "raw_buffer", mTLS chains
+// too. gRFC A36 defines transport_protocol as matching only "raw_buffer"
+// (gRPC has no listener filters to detect TLS; the TLS handshake happens
+// after the chain is chosen), and gRPC-Go drops every chain with an empty
+// transport_protocol once one chain says "raw_buffer", so the chains of a
+// listener must agree. Some implementations skip a chain that leaves it
+// empty; "raw_buffer" is the one value all of them match.
 func ProxylessServerListener(c serverListener) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             ServerListenerName(c.ip, c.port),
@@ -64,8 +73,9 @@ func ProxylessServerListener(c serverListener) *listenerv3.Listener {
 	}
 	chain := func(tls bool) *listenerv3.FilterChain {
 		fc := &listenerv3.FilterChain{
-			Name:    inboundChainName(c.port, tls),
-			Filters: []*listenerv3.Filter{proxylessServerHCM(c.port, c.filters)},
+			Name:             inboundChainName(c.port, tls),
+			FilterChainMatch: &listenerv3.FilterChainMatch{TransportProtocol: transportPlaintext},
+			Filters:          []*listenerv3.Filter{proxylessServerHCM(c.port, c.filters)},
 		}
 		if tls {
 			fc.TransportSocket = ProxylessDownstreamMTLS()
@@ -80,10 +90,12 @@ func ProxylessServerListener(c serverListener) *listenerv3.Listener {
 	default:
 		if len(c.meshSources) > 0 {
 			mtls := chain(true)
-			mtls.FilterChainMatch = &listenerv3.FilterChainMatch{SourcePrefixRanges: c.meshSources}
+			mtls.FilterChainMatch.SourcePrefixRanges = c.meshSources
 			l.FilterChains = []*listenerv3.FilterChain{mtls}
 		}
+		// The default chain is not matched, so it needs no match.
 		l.DefaultFilterChain = chain(false)
+		l.DefaultFilterChain.FilterChainMatch = nil
 	}
 	return l
 }
@@ -242,13 +254,25 @@ func ProxylessDownstreamMTLS() *corev3.TransportSocket {
 // empty, any SPIFFE ID of the trust domain is accepted. gRPC reads the
 // sni only behind an experimental flag, and then NACKs one longer than TLS
 // allows, so an over-long one is left out.
+//
+// The SAN check is written twice, saying the same thing. The typed
+// matchers (match_typed_subject_alt_names, a SAN type per matcher) are the
+// current xDS field, for implementations that read it. gRFC A29 specifies
+// the deprecated match_subject_alt_names, and it is the only one gRPC-Go
+// v1.85 reads (internal/xds/xdsclient/xdsresource/unmarshal_cds.go): with
+// the typed field alone gRPC-Go would accept any server the mesh CA
+// signed. An implementation that reads both (as Envoy does) accepts the
+// union, which is the same set of identities.
 func ProxylessUpstreamMTLS(sni string, sans []string, trustDomain string) *corev3.TransportSocket {
-	matchers := make([]*matcherv3.StringMatcher, 0, len(sans))
+	typed := make([]*tlsv3.SubjectAltNameMatcher, 0, len(sans))
+	untyped := make([]*matcherv3.StringMatcher, 0, len(sans))
 	for _, s := range sans {
-		matchers = append(matchers, exactMatcher(s))
+		typed = append(typed, sanMatcher(s))
+		untyped = append(untyped, exactMatcher(s))
 	}
-	if len(matchers) == 0 {
-		matchers = append(matchers, prefixMatcher("spiffe://"+trustDomain+"/"))
+	if len(sans) == 0 {
+		typed = append(typed, uriSAN(prefixMatcher("spiffe://"+trustDomain+"/")))
+		untyped = append(untyped, prefixMatcher("spiffe://"+trustDomain+"/"))
 	}
 	if len(sni) > maxSNILength {
 		sni = ""
@@ -259,8 +283,8 @@ func ProxylessUpstreamMTLS(sni string, sans []string, trustDomain string) *corev
 			TlsCertificateProviderInstance: certificateProvider(),
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 				CaCertificateProviderInstance: certificateProvider(),
-				// gRPC-Go reads only this deprecated field, not the typed one.
-				MatchSubjectAltNames: matchers, //nolint:staticcheck // see above
+				MatchTypedSubjectAltNames:     typed,
+				MatchSubjectAltNames:          untyped, //nolint:staticcheck // gRFC A29's field; see above
 			}},
 		},
 	})

@@ -17,6 +17,7 @@ import (
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
@@ -109,11 +110,23 @@ func grpcShapeViolations(res *Resources) []string {
 		if vc.GetCaCertificateProviderInstance().GetInstanceName() != CertificateProviderInstance {
 			bad("%s: trust bundle must come from certificate provider %q", where, CertificateProviderInstance)
 		}
-		if len(vc.GetMatchTypedSubjectAltNames()) > 0 {
-			bad("%s: gRPC reads match_subject_alt_names, not the typed field", where)
-		}
-		if server && len(vc.GetMatchSubjectAltNames()) > 0 { //nolint:staticcheck // the field gRPC reads
+		typed, untyped := vc.GetMatchTypedSubjectAltNames(), vc.GetMatchSubjectAltNames() //nolint:staticcheck // gRFC A29's field
+		if server && (len(typed) > 0 || len(untyped) > 0) {
 			bad("%s: SAN matchers on the server are NACKed", where)
+		}
+		// Clients carry the typed matchers and, for gRFC A29 readers
+		// such as gRPC-Go, the same matchers untyped.
+		var fromTyped []*matcherv3.StringMatcher
+		for _, m := range typed {
+			fromTyped = append(fromTyped, m.GetMatcher())
+		}
+		if diff := cmp.Diff(untyped, fromTyped, protocmp.Transform()); diff != "" {
+			bad("%s: match_subject_alt_names and match_typed_subject_alt_names differ (-untyped +typed):\n%s", where, diff)
+		}
+		for _, m := range typed {
+			if m.GetSanType() == tlsv3.SubjectAltNameMatcher_SAN_TYPE_UNSPECIFIED {
+				bad("%s: typed SAN matcher without a SAN type", where)
+			}
 		}
 	}
 	checkSocket := func(where string, ts *corev3.TransportSocket, server bool) {
@@ -141,7 +154,7 @@ func grpcShapeViolations(res *Resources) []string {
 			return
 		}
 		checkCommon(where, u.GetCommonTlsContext(), false)
-		if len(u.GetCommonTlsContext().GetValidationContext().GetMatchSubjectAltNames()) == 0 { //nolint:staticcheck // the field gRPC reads
+		if len(u.GetCommonTlsContext().GetValidationContext().GetMatchTypedSubjectAltNames()) == 0 {
 			bad("%s: client mTLS without SAN matchers accepts any mesh identity", where)
 		}
 	}
@@ -185,6 +198,12 @@ func grpcShapeViolations(res *Resources) []string {
 			if m.GetDestinationPort() != nil || len(m.GetApplicationProtocols()) > 0 || len(m.GetServerNames()) > 0 ||
 				(m.GetTransportProtocol() != "" && m.GetTransportProtocol() != "raw_buffer") {
 				bad("%s: gRPC drops chains matching on destination_port, application_protocols, server_names or TLS", where)
+			}
+			// gRFC A36: transport_protocol matches only "raw_buffer"; some
+			// implementations skip a chain that leaves it empty, and
+			// gRPC-Go drops empty ones next to a "raw_buffer" one.
+			if fc != l.GetDefaultFilterChain() && m.GetTransportProtocol() != "raw_buffer" {
+				bad("%s: transport_protocol %q, want \"raw_buffer\" (gRFC A36)", where, m.GetTransportProtocol())
 			}
 			if len(fc.GetFilters()) != 1 {
 				bad("%s: want exactly one HTTP connection manager", where)

@@ -94,7 +94,9 @@ type Options struct {
 	TokenFile string
 	// CertDir receives the certificate files, the bootstrap and the proxy
 	// socket. It is created with mode 0700. Empty means a temporary
-	// directory that Close removes.
+	// directory that Close removes. The certificate files are links into
+	// a generation directory that is replaced as a whole on rotation (see
+	// secretSet.write).
 	CertDir string
 	// ClusterDomain is the DNS suffix (default cluster.local).
 	ClusterDomain string

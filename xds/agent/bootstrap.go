@@ -14,7 +14,7 @@ import (
 // listener template).
 type bootstrap struct {
 	XDSServers                         []xdsServer                    `json:"xds_servers"`
-	Node                               json.RawMessage                `json:"node"`
+	Node                               bootstrapNode                  `json:"node"`
 	CertificateProviders               map[string]certificateProvider `json:"certificate_providers"`
 	ServerListenerResourceNameTemplate string                         `json:"server_listener_resource_name_template"`
 }
@@ -23,6 +23,27 @@ type xdsServer struct {
 	ServerURI      string         `json:"server_uri"`
 	ChannelCreds   []channelCreds `json:"channel_creds"`
 	ServerFeatures []string       `json:"server_features"`
+}
+
+// bootstrapNode is the node of gRFC A27: the fields of Envoy's Node a
+// bootstrap may carry. Every one is always written, locality included with
+// empty strings when the agent does not know it: at least one widely used
+// gRPC implementation refuses a bootstrap whose node has no locality
+// ("locality field missing in node element"), and an empty locality means
+// the same as none to the others. build_version, user_agent_name,
+// user_agent_version and client_features are left out, as A27 asks: the
+// gRPC library fills them in itself.
+type bootstrapNode struct {
+	ID       string            `json:"id"`
+	Cluster  string            `json:"cluster"`
+	Locality bootstrapLocality `json:"locality"`
+	Metadata json.RawMessage   `json:"metadata"`
+}
+
+type bootstrapLocality struct {
+	Region  string `json:"region"`
+	Zone    string `json:"zone"`
+	SubZone string `json:"sub_zone"`
 }
 
 type channelCreds struct {
@@ -45,12 +66,12 @@ type fileWatcherConfig struct {
 // endpoint; the channel to it is local, so insecure channel credentials
 // carry nothing secret (the agent holds the token, not the workload).
 func (a *Agent) buildBootstrap() ([]byte, error) {
-	// The node is rendered with protojson so that its field names are the
-	// ones gRPC's parser expects (user_agent_name, locality.sub_zone).
-	node, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(a.node)
+	// The metadata is a protobuf Struct; protojson gives its JSON form.
+	metadata, err := protojson.Marshal(a.node.GetMetadata())
 	if err != nil {
-		return nil, fmt.Errorf("rendering the bootstrap node: %w", err)
+		return nil, fmt.Errorf("rendering the bootstrap node's metadata: %w", err)
 	}
+	loc := a.node.GetLocality()
 	dir := a.opts.CertDir
 	b := bootstrap{
 		XDSServers: []xdsServer{{
@@ -58,7 +79,14 @@ func (a *Agent) buildBootstrap() ([]byte, error) {
 			ChannelCreds:   []channelCreds{{Type: "insecure"}},
 			ServerFeatures: []string{"xds_v3"},
 		}},
-		Node: node,
+		Node: bootstrapNode{
+			ID:      a.node.GetId(),
+			Cluster: a.node.GetCluster(),
+			Locality: bootstrapLocality{
+				Region: loc.GetRegion(), Zone: loc.GetZone(), SubZone: loc.GetSubZone(),
+			},
+			Metadata: metadata,
+		},
 		CertificateProviders: map[string]certificateProvider{
 			CertificateProvider: {
 				PluginName: "file_watcher",

@@ -110,18 +110,152 @@ func parseSecrets(resp *discoveryv3.DiscoveryResponse, prev *secretSet) (*secret
 	return s, nil
 }
 
-// write puts the three files into dir. Each file is replaced atomically.
-// The key and chain go first and the bundle last: gRPC's file_watcher reads
-// all three and keeps its previous credentials when the pair does not match,
-// so a reader between two renames sees at worst one stale refresh.
+// Names of the atomic layout in Options.CertDir, those of Kubernetes'
+// atomic writer (the one behind projected and secret volumes), so an
+// operator who has looked into a pod's secret volume recognises them:
+//
+//	..2026_12_07_10_00_00.123456789/{cert-chain,key,root-cert}.pem  one generation
+//	..data -> ..2026_12_07_10_00_00.123456789                      the current one
+//	cert-chain.pem -> ..data/cert-chain.pem                        what the bootstrap names
+const (
+	dataLink         = "..data"
+	generationLayout = "..2006_01_02_15_04_05."
+)
+
+// linkedFiles are the files of one generation, each linked from the directory.
+var linkedFiles = []string{CertChainFile, KeyFile, RootCertFile}
+
+// write makes s the certificate files in dir, all of them at once: the
+// key, the chain and the bundle go into a new generation directory, and
+// one rename of the ..data symlink switches every file the bootstrap
+// names to it. A reader therefore never finds the new key next to the old
+// chain, which an implementation that reloads between two single-file
+// renames would load as a mismatched pair (one failed call: "Invalid
+// private key"). A reader that reads the chain and then the key can still
+// straddle the switch; it then sees both files change (new inode and
+// mtime), which is what the file watchers that compare them before and
+// after reading look for, and gRPC-Go refuses the pair and keeps its last
+// one. Older generations are removed after the switch.
 func (s *secretSet) write(dir string) error {
-	if err := writeFileAtomic(filepath.Join(dir, KeyFile), s.key, 0o600); err != nil {
+	gen, err := os.MkdirTemp(dir, time.Now().UTC().Format(generationLayout))
+	if err != nil {
+		return fmt.Errorf("creating a certificate directory in %s: %w", dir, err)
+	}
+	// MkdirTemp makes it 0700; the files keep their own modes.
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{{KeyFile, s.key, 0o600}, {CertChainFile, s.chain, 0o644}, {RootCertFile, s.root, 0o644}} {
+		if err := writeFileSync(filepath.Join(gen, f.name), f.data, f.mode); err != nil {
+			_ = os.RemoveAll(gen)
+			return err
+		}
+	}
+	if err := syncDir(gen); err != nil {
+		_ = os.RemoveAll(gen)
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, CertChainFile), s.chain, 0o644); err != nil {
+	// The switch: every file below now resolves into gen.
+	if err := replaceSymlink(filepath.Base(gen), filepath.Join(dir, dataLink)); err != nil {
+		_ = os.RemoveAll(gen)
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, RootCertFile), s.root, 0o644)
+	// The per-file links are made once; they also replace the regular
+	// files an agent of an older layout left in dir.
+	for _, name := range linkedFiles {
+		target := filepath.Join(dataLink, name)
+		if cur, err := os.Readlink(filepath.Join(dir, name)); err == nil && cur == target {
+			continue
+		}
+		if err := replaceSymlink(target, filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	return removeOldGenerations(dir, filepath.Base(gen))
+}
+
+// replaceSymlink points the symlink at path to target with one rename, so
+// path always resolves to the old target or the new one.
+func replaceSymlink(target, path string) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp) // left by an agent that was killed here
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("switching %s to %s: %w", path, target, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("switching %s to %s: %w", path, target, err)
+	}
+	return nil
+}
+
+// removeOldGenerations deletes every generation directory but keep.
+func removeOldGenerations(dir, keep string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == keep || !isGeneration(e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("removing old certificates: %w", err)
+		}
+	}
+	return nil
+}
+
+// isGeneration tells a generation directory by its name: ".." and a
+// timestamp in generationLayout, then MkdirTemp's random suffix.
+func isGeneration(name string) bool {
+	n := len(generationLayout)
+	if len(name) <= n {
+		return false
+	}
+	_, err := time.Parse(generationLayout, name[:n])
+	return err == nil
+}
+
+// writeFileSync creates path with mode (set before any byte is written)
+// and syncs it.
+func writeFileSync(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil { // the umask may have narrowed it
+		_ = f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer func() { _ = d.Close() }()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
 }
 
 // writeFileAtomic writes data to a temporary file in the same directory and

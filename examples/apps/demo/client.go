@@ -128,6 +128,51 @@ func callOnce(ctx context.Context, o callOptions) result {
 	return invoke(ctx, cc, o.method, s)
 }
 
+// callRepeatedly starts a call every interval until d has passed or ctx
+// ends, each on a new connection, and prints one line per call. A call
+// that outlasts the interval delays the next one; calls never overlap.
+// The error counts the failed calls.
+func callRepeatedly(ctx context.Context, o callOptions, every, d time.Duration, w io.Writer) error {
+	// An idle channel to the same target holds gRPC's xDS client, so the
+	// per-call channels share its configuration instead of each fetching
+	// it again: what changes from call to call is only the connection.
+	if o.xds {
+		anchor, err := dial(o.target, o.xds, o.sourceIP)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = anchor.Close() }()
+		anchor.Connect() // a new channel stays idle, without a resolver, until then
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	calls, failed := 0, 0
+	for {
+		r := callOnce(ctx, o)
+		if ctx.Err() != nil {
+			break // cut short by the end of the run, not a failure
+		}
+		calls++
+		if !r.OK {
+			failed++
+		}
+		printJSON(w, r)
+		select {
+		case <-ctx.Done():
+		case <-tick.C:
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d calls failed", failed, calls)
+	}
+	return nil
+}
+
 func printJSON(w io.Writer, r result) {
 	b, err := json.Marshal(r)
 	if err != nil {

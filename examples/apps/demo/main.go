@@ -60,6 +60,8 @@ func run() int {
 		relayM   = flag.String("relay-method", "", "client calling demo.v1.Gateway/Call: the method the gateway calls")
 		relayNew = flag.Bool("relay-fresh", false, "client calling demo.v1.Gateway/Call: the gateway calls on a new connection (a new TLS handshake)")
 		timeout  = flag.Duration("timeout", 5*time.Second, "client: deadline of the call")
+		every    = flag.Duration("every", 0, "client: call again at this interval, each call on a new connection (a new TLS handshake), one JSON line per call; 0 calls once")
+		callFor  = flag.Duration("for", time.Minute, "client with --every: how long to keep calling")
 		logLevel = flag.String("log-level", "info", "debug, info, warn or error")
 	)
 	flag.Parse()
@@ -103,10 +105,18 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "--xds and --plaintext exclude each other")
 			return 2
 		}
-		res := callOnce(ctx, callOptions{
+		o := callOptions{
 			target: *target, method: *method, xds: viaXDS, sourceIP: *ip,
 			relayTarget: *relayTo, relayMethod: *relayM, relayFresh: *relayNew, timeout: *timeout,
-		})
+		}
+		if *every > 0 {
+			if err := callRepeatedly(ctx, o, *every, *callFor, os.Stdout); err != nil {
+				log.Error("calls failed", "error", err)
+				return 1
+			}
+			return 0
+		}
+		res := callOnce(ctx, o)
 		printJSON(os.Stdout, res)
 		if !res.OK {
 			return 1
