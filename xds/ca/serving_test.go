@@ -87,7 +87,9 @@ func TestServingCertificateServesOverTLS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a client trusting only the mesh root cannot connect: %v", err)
 	}
-	conn.Close()
+	if err := conn.Close(); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestServingCertificateHosts(t *testing.T) {

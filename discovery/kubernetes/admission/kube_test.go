@@ -190,7 +190,9 @@ func TestWebhookAgainstAPIServer(t *testing.T) {
 	}()
 	t.Cleanup(func() {
 		stopHook()
-		<-served
+		if err := <-served; err != nil {
+			t.Errorf("Serve returned %v after its context ended, want nil", err)
+		}
 	})
 
 	// The controller starts before the configuration exists, as meshd may.
@@ -370,7 +372,9 @@ func firstSnapshot(t *testing.T, rc *rest.Config, log *slog.Logger) *model.Snaps
 	select {
 	case s := <-snaps:
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("the source returned %v after cancel, want nil", err)
+		}
 		return s
 	case err := <-done:
 		t.Fatalf("the source stopped: %v", err)
