@@ -43,7 +43,7 @@ var badInputCases = []struct {
 	setup: func(t *testing.T, dir string) error {
 		// /dev/null's numbers (1, 3); making a device needs CAP_MKNOD.
 		if err := syscall.Mknod(filepath.Join(dir, "null.yaml"), syscall.S_IFCHR|0o644, 1<<8|3); err != nil {
-			return fmt.Errorf("%w: mknod: %v", errCannotMake, err)
+			return fmt.Errorf("%w: mknod: %w", errCannotMake, err)
 		}
 		return nil
 	},

@@ -152,7 +152,7 @@ func TestUnnamedDocumentKeepsItsFilesObjects(t *testing.T) {
 	other := "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow, namespace: default}\nspec: {action: ALLOW, rules: [{}]}\n"
 	for _, tc := range []struct{ name, edit string }{
 		{"kind misspelt", strings.Replace(strict, "kind: PeerAuthentication", "kind: PeerAuthentcation", 1)},
-		{"name missing", strings.Replace(strict, "name: default, ", "nmae: default, ", 1)},
+		{"name missing", strings.Replace(strict, "name: default, ", "naem: default, ", 1)},
 		{"name invalid", strings.Replace(strict, "name: default", "name: Default", 1)},
 		{"not a mapping", "- apiVersion: security.istio.io/v1\n"},
 	} {
