@@ -10,7 +10,7 @@
 // see deltaSynced and heldBaseKey: what a client holds is a base shared by
 // its group, see heldBase), and the request codec shows
 // go-control-plane a stand-in for the thousand endpoint names of a
-// request, state-of-the-world or delta (see nameLists.standIn); everything
+// request, state-of-the-world or delta (see nameLists.endpointList); everything
 // else of the protocol is go-control-plane's.
 //
 // Data flows one way. The discovery source calls Update with every new model
