@@ -102,6 +102,9 @@ type nameList struct {
 	set    map[string]struct{}
 	shown  []string
 	anchor anchor
+	// bytes is roughly what the list costs: its encoding, its names and
+	// its set.
+	bytes int
 }
 
 func newNameLists(canonical func([]byte) (string, bool)) *nameLists {
@@ -125,7 +128,10 @@ func (sc *scratch) release() {
 // decode unmarshals sc.in into req as proto.Unmarshal does, except that an
 // endpoint request's names are shown as a stand-in (see endpointList).
 func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error {
-	wire, err := decodeExceptNames(sc, req)
+	wire, refused, err := decodeExceptNames(sc, req)
+	if refused != nil {
+		req.ResourceNames = refused
+	}
 	if err != nil || len(wire) == 0 {
 		return err
 	}
@@ -154,7 +160,10 @@ func (l *nameLists) decode(sc *scratch, req *discoveryv3.DiscoveryRequest) error
 // (deltaSubscribed) and gives a stream a set of its own only when it
 // subscribes to more or unsubscribes.
 func (l *nameLists) decodeDelta(sc *scratch, req *discoveryv3.DeltaDiscoveryRequest) error {
-	wire, err := decodeExceptNames(sc, req)
+	wire, refused, err := decodeExceptNames(sc, req)
+	if refused != nil {
+		req.ResourceNamesSubscribe = refused
+	}
 	if err != nil || len(wire) == 0 {
 		return err
 	}
@@ -175,13 +184,17 @@ func (l *nameLists) decodeDelta(sc *scratch, req *discoveryv3.DeltaDiscoveryRequ
 }
 
 // decodeExceptNames unmarshals the fields of sc.in other than field 3
-// into m and returns field 3's encoding, the names.
-func decodeExceptNames(sc *scratch, m proto.Message) ([]byte, error) {
-	names, err := sc.split()
+// into m and returns field 3's encoding, the names, or nil and
+// tooManyNames when there are too many to decode (see split).
+func decodeExceptNames(sc *scratch, m proto.Message) ([]byte, []string, error) {
+	names, tooMany, err := sc.split()
 	if err != nil {
-		return nil, decodeError(m, err)
+		return nil, nil, decodeError(m, err)
 	}
-	return names, proto.Unmarshal(sc.rest, m)
+	if err := proto.Unmarshal(sc.rest, m); err != nil || !tooMany {
+		return names, nil, err
+	}
+	return nil, []string{tooManyNames}, nil
 }
 
 func decodeError(m proto.Message, err error) error {
@@ -192,13 +205,16 @@ func decodeError(m proto.Message, err error) error {
 }
 
 // split separates sc.in into its resource-name fields (field 3), which it
-// returns, and its other fields, which it appends to sc.rest.
-func (sc *scratch) split() ([]byte, error) {
+// returns, and its other fields, which it appends to sc.rest. tooMany
+// reports a request with more than maxStreamNames names, or as many
+// occurrences of another field; past that many, the field's occurrences
+// are left out of sc.rest.
+func (sc *scratch) split() (names []byte, tooMany bool, err error) {
 	// Encoders write the names one after the other, so they are usually
 	// one run of fields in sc.in, used where it is; only names in
 	// several runs are gathered into sc.names.
-	var names []byte
-	runs := 0
+	runs, count := 0, 0
+	var others [16]int // occurrences by field number; unusual numbers in 0
 	for b := sc.in; len(b) > 0; {
 		var n int
 		if b[0] == resourceNamesTag {
@@ -207,26 +223,36 @@ func (sc *scratch) split() ([]byte, error) {
 			for n < len(b) && b[n] == resourceNamesTag {
 				_, m := protowire.ConsumeBytes(b[n+1:])
 				if m < 0 {
-					return nil, protowire.ParseError(m)
+					return nil, false, protowire.ParseError(m)
 				}
 				n += 1 + m
+				count++
 			}
 		} else {
 			num, typ, t := protowire.ConsumeTag(b)
 			if t < 0 {
-				return nil, protowire.ParseError(t)
+				return nil, false, protowire.ParseError(t)
 			}
 			m := protowire.ConsumeFieldValue(num, typ, b[t:])
 			if m < 0 {
-				return nil, protowire.ParseError(m)
+				return nil, false, protowire.ParseError(m)
 			}
 			n = t + m
 			if num != resourceNamesField || typ != protowire.BytesType {
-				sc.rest = append(sc.rest, b[:n]...)
+				i := int(num)
+				if i >= len(others) {
+					i = 0
+				}
+				if others[i]++; others[i] > maxStreamNames {
+					tooMany = true
+				} else {
+					sc.rest = append(sc.rest, b[:n]...)
+				}
 				b = b[n:]
 				continue
 			}
 			// The names field with a tag in an unusual (longer) form.
+			count++
 		}
 		switch runs++; runs {
 		case 1:
@@ -240,7 +266,7 @@ func (sc *scratch) split() ([]byte, error) {
 		}
 		b = b[n:]
 	}
-	return names, nil
+	return names, tooMany || count > maxStreamNames, nil
 }
 
 // endpointList returns the list of an endpoint request's names, encoded
@@ -274,7 +300,7 @@ func (l *nameLists) endpointList(wire []byte) (*nameList, []string, error) {
 	for _, n := range names {
 		set[n] = struct{}{}
 	}
-	list := &nameList{wire: string(wire), names: names, set: set}
+	list := &nameList{wire: string(wire), names: names, set: set, bytes: 2*len(wire) + 64*len(names)}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()

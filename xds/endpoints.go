@@ -795,9 +795,16 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 	}
 	// Envoy waits for an answer to its first wildcard request.
 	even := sub.IsWildcard() && req.GetResponseNonce() == ""
-	subscribed, err := c.deltaSubscribed(sub, req)
+	subscribed, shared, err := c.deltaSubscribed(sub, req)
 	if err != nil {
 		return nil, err
+	}
+	if !shared && changesSubscription(req) {
+		// A list's own set is within bounds: the codec made it
+		// from one request.
+		if err := checkSubscribed(req.GetTypeUrl(), subscribed); err != nil {
+			return nil, err
+		}
 	}
 	subscribe, err := c.lists.deltaNames(req.GetResourceNamesSubscribe())
 	if err != nil {
@@ -820,24 +827,25 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 // replaced, in go-control-plane's set, by its names, less those req
 // unsubscribes (go-control-plane could not remove them). The set is the
 // stream's and this is its goroutine, which writes to it anyway. After
-// each request the set is one token or holds none.
-func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3.DeltaRequest) (map[string]struct{}, error) {
+// each request the set is one token or holds none. shared reports a
+// list's set.
+func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3.DeltaRequest) (names map[string]struct{}, shared bool, err error) {
 	set := sub.SubscribedResources()
 	switch {
 	case len(set) == 1:
 		for t := range set {
-			_, shared, ok, err := c.lists.token(t)
+			_, listSet, ok, err := c.lists.token(t)
 			if !ok || err != nil {
-				return set, err
+				return set, false, err
 			}
 			if len(req.GetResourceNamesUnsubscribe()) == 0 {
-				return shared, nil
+				return listSet, true, nil
 			}
 		}
 	case len(set) > 1 && len(req.GetResourceNamesSubscribe()) > 0:
 		// New subscriptions: a token among them, or added to one.
 	default:
-		return set, nil
+		return set, false, nil
 	}
 	var tokens []string
 	for n := range set {
@@ -848,7 +856,7 @@ func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3
 	for _, t := range tokens {
 		names, _, _, err := c.lists.token(t)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		delete(set, t)
 		for _, n := range names {
@@ -860,7 +868,7 @@ func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3
 			delete(set, n)
 		}
 	}
-	return set, nil
+	return set, false, nil
 }
 
 // Fetch implements cachev3.ConfigFetcher; minimesh serves ADS streams only.

@@ -256,7 +256,7 @@ func New(opts Options) (*Server, error) {
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl(), r.GetNode()) },
 		Caches:        caches,
 	}
-	s.cache = mux
+	s.cache = limitedCache{mux}
 	if opts.CA != nil {
 		m.rootExpiry.Set(float64(opts.CA.RootExpiry().Unix()))
 	}

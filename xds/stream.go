@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -25,6 +27,7 @@ import (
 	"github.com/minimesh/minimesh/translate"
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // streamKey identifies a stream: go-control-plane numbers SOTW and delta
@@ -249,8 +252,9 @@ func (a *adsService) StreamAggregatedResources(st grpc.BidiStreamingServer[disco
 	budget := a.s.budget.stream()
 	defer budget.close()
 	// requestCodec has already shared the request's names.
-	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) {
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) int {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		return a.s.eds.lists.requestWeight(r, r.GetResourceNames())
 	})
 	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate, budget, reqs})
 }
@@ -262,36 +266,59 @@ func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discov
 	}
 	budget := a.s.budget.stream()
 	defer budget.close()
-	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) {
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) int {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		return a.s.eds.lists.requestWeight(r, r.GetResourceNamesSubscribe())
 	})
 	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate, budget, reqs})
 }
 
-// received is one outcome of a stream's Recv.
+// received is one outcome of a stream's Recv, and its weight (see
+// readAhead).
 type received[T any] struct {
-	req T
-	err error
+	req    T
+	err    error
+	weight int
+}
+
+// readQueue is the requests read ahead of go-control-plane.
+type readQueue[T any] struct {
+	ch     chan received[T]
+	mu     sync.Mutex
+	weight int           // of the requests in ch
+	taken  chan struct{} // signalled when a request leaves ch
 }
 
 // readAhead reads a stream's requests in a goroutine of its own, calling
 // seen on each as soon as it arrives, and queues them for go-control-plane.
 // go-control-plane reads a request only when its stream goroutine is free
 // to take it, and that goroutine may be waiting in Send for send budget:
-// the ACKs that give budget back must not queue behind it.
-func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T)) <-chan received[T] {
-	// Envoy sends a request per response, so a handful queue at most;
-	// a client flooding more only stalls its own stream.
-	ch := make(chan received[T], 16)
+// the ACKs that give budget back must not queue behind it. seen returns
+// the request's weight, roughly the memory it holds: the queue holds at
+// most readAheadCount requests and readAheadBytes of weight (and always
+// one), so a client flooding requests only stalls its own stream.
+func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T) int) *readQueue[T] {
+	q := &readQueue[T]{ch: make(chan received[T], readAheadCount), taken: make(chan struct{}, 1)}
 	go func() {
-		defer close(ch)
+		defer close(q.ch)
 		for {
-			r, err := recv()
-			if err == nil {
-				seen(r)
+			for q.full() {
+				select {
+				case <-q.taken:
+				case <-ctx.Done():
+					return
+				}
 			}
+			r, err := recv()
+			w := 0
+			if err == nil {
+				w = seen(r)
+			}
+			q.mu.Lock()
+			q.weight += w
+			q.mu.Unlock()
 			select {
-			case ch <- received[T]{r, err}:
+			case q.ch <- received[T]{r, err, w}:
 			case <-ctx.Done():
 				return
 			}
@@ -300,15 +327,28 @@ func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T))
 			}
 		}
 	}()
-	return ch
+	return q
+}
+
+func (q *readQueue[T]) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.weight >= readAheadBytes
 }
 
 // next returns the next request read ahead, or io.EOF once there is none.
-func next[T any](ch <-chan received[T]) (T, error) {
-	r, ok := <-ch
+func (q *readQueue[T]) next() (T, error) {
+	r, ok := <-q.ch
 	if !ok {
 		var zero T
 		return zero, io.EOF
+	}
+	q.mu.Lock()
+	q.weight -= r.weight
+	q.mu.Unlock()
+	select {
+	case q.taken <- struct{}{}:
+	default:
 	}
 	return r.req, r.err
 }
@@ -322,7 +362,7 @@ type sotwStream struct {
 	ctx    context.Context
 	gate   *streamGate
 	budget *streamBudget
-	reqs   <-chan received[*discoveryv3.DiscoveryRequest]
+	reqs   *readQueue[*discoveryv3.DiscoveryRequest]
 }
 
 func (s sotwStream) Context() context.Context { return s.ctx }
@@ -341,14 +381,14 @@ func (s sotwStream) Send(r *discoveryv3.DiscoveryResponse) error {
 	return nil
 }
 
-func (s sotwStream) Recv() (*discoveryv3.DiscoveryRequest, error) { return next(s.reqs) }
+func (s sotwStream) Recv() (*discoveryv3.DiscoveryRequest, error) { return s.reqs.next() }
 
 type deltaStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 	ctx    context.Context
 	gate   *streamGate
 	budget *streamBudget
-	reqs   <-chan received[*discoveryv3.DeltaDiscoveryRequest]
+	reqs   *readQueue[*discoveryv3.DeltaDiscoveryRequest]
 }
 
 func (s deltaStream) Context() context.Context { return s.ctx }
@@ -367,7 +407,7 @@ func (s deltaStream) Send(r *discoveryv3.DeltaDiscoveryResponse) error {
 	return nil
 }
 
-func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return next(s.reqs) }
+func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return s.reqs.next() }
 
 // authenticate checks the stream's bearer token and returns a context
 // carrying the identity it proves, and the stream's gate.
@@ -507,6 +547,10 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 		s.mu.Unlock()
 		return err
 	}
+	if err := s.checkRequest(st, req); err != nil {
+		s.mu.Unlock()
+		return err
+	}
 	kick := false
 	if !st.bound {
 		if err := s.bind(st, node); err != nil {
@@ -597,6 +641,30 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 	}
 	return nil
 }
+
+// checkRequest refuses, and ends the stream of, a request for a type
+// meshd does not serve or with more names than a stream may hold (see
+// limits.go). Called with mu held.
+func (s *Server) checkRequest(st *stream, req request) error {
+	var err error
+	reason := "too_many_names"
+	switch {
+	case req.carriesTooMany():
+		err = errTooManyNames
+	case typeURLOf(shortType(req.typeURL)) == "":
+		reason = "unknown_type"
+		err = status.Errorf(codes.InvalidArgument, "minimesh does not serve type %q; it serves %s", clip.String(req.typeURL), servedTypes)
+	default:
+		return nil
+	}
+	st.refused = err
+	s.m.rejected.WithLabelValues(reason).Inc()
+	s.log.Warn("refused an xDS stream", append(st.logAttrs(), "peer", st.peer, "type", clip.String(req.typeURL), "error", err)...)
+	return err
+}
+
+// servedTypes lists the type URLs meshd serves, for errors.
+var servedTypes = strings.Join(slices.Sorted(maps.Keys(shortTypes)), ", ")
 
 // noteClaim records what a request says the proxy already holds, so that a
 // proxy resuming after a reconnect or a meshd restart shows as SYNCED when
