@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // requestCodec is gRPC's protobuf codec, except that it decodes the
@@ -386,7 +388,7 @@ func (l *nameLists) names(wire []byte) ([]string, error) {
 			continue
 		}
 		if !utf8.Valid(r) {
-			return nil, fmt.Errorf("resource name %q is not valid UTF-8", r)
+			return nil, fmt.Errorf("resource name %q is not valid UTF-8", clip.String(string(r)))
 		}
 		names = append(names, string(r))
 	}

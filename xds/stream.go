@@ -154,6 +154,11 @@ type sentResponse struct {
 	nonce, typ, version string
 }
 
+// maxNackError bounds what is kept, shown and logged of the message of a
+// proxy's NACK: Envoy's validation errors are a few hundred bytes, and a
+// client can send megabytes.
+const maxNackError = 1024
+
 // maxSentTracked bounds the nonce history per stream. A proxy answers each
 // response promptly, so only the last few can still be ACKed or NACKed.
 const maxSentTracked = 32
@@ -184,8 +189,10 @@ func (st *stream) nodeID() string {
 	return st.node.id
 }
 
+// logAttrs are the attributes of a stream's log lines. The node ID is the
+// client's, so it is clipped (see clip).
 func (st *stream) logAttrs() []any {
-	attrs := []any{"node", st.nodeID()}
+	attrs := []any{"node", clip.String(st.nodeID())}
 	if st.key.delta {
 		attrs = append(attrs, "delta", true)
 	}
@@ -441,7 +448,9 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, *streamGate
 // refusal is the gRPC status a refused stream ends with.
 func refusal(err error) error {
 	if errors.Is(err, auth.ErrUnavailable) {
-		return status.Errorf(codes.Unavailable, "minimesh cannot check the xDS stream's credentials right now; retry: %v", err)
+		// Not err: it says how meshd reaches its authenticator (an
+		// address, a file), which is meshd's business; the log has it.
+		return status.Error(codes.Unavailable, "minimesh cannot check the xDS stream's credentials right now; retry")
 	}
 	return status.Errorf(grpcCode(err), "minimesh refused the xDS stream: %v", err)
 }
@@ -590,7 +599,7 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 	ts = st.typeState(sent.typ)
 	now := s.now()
 	if req.nack != nil {
-		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, req.nack.GetMessage(), now
+		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, clip.To(req.nack.GetMessage(), maxNackError), now
 		ts.nackPending = ts.Sent == sent.version
 		if ts.nackPending && req.sotw != nil {
 			guardNack(req.sotw, sent.version)
@@ -605,7 +614,7 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 			}
 			ts.reported[sent.version] = true
 		}
-		attrs := append(st.logAttrs(), "type", sent.typ, "version", sent.version, "error", req.nack.GetMessage())
+		attrs := append(st.logAttrs(), "type", sent.typ, "version", sent.version, "error", ts.NackError)
 		s.mu.Unlock()
 		if first {
 			s.m.nacks.WithLabelValues(sent.typ).Inc()
@@ -793,7 +802,7 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	refuse := func(reason string, err error) error {
 		st.refused = refusal(err)
 		s.m.rejected.WithLabelValues(reason).Inc()
-		s.log.Warn("refused an xDS stream", "peer", st.peer, "node", node.GetId(), "error", err)
+		s.log.Warn("refused an xDS stream", "peer", st.peer, "node", clip.String(node.GetId()), "error", err)
 		return st.refused
 	}
 	if node.GetId() == "" {
@@ -937,8 +946,16 @@ type goControlPlaneLogger struct{ log *slog.Logger }
 
 func (l goControlPlaneLogger) Debugf(f string, a ...any) { l.debug(f, a) }
 func (l goControlPlaneLogger) Infof(f string, a ...any)  { l.debug(f, a) }
-func (l goControlPlaneLogger) Warnf(f string, a ...any)  { l.log.Warn(fmt.Sprintf(f, a...)) }
-func (l goControlPlaneLogger) Errorf(f string, a ...any) { l.log.Error(fmt.Sprintf(f, a...)) }
+
+// Its warnings and errors may quote a request's names and node ID, which
+// the client chose: they are clipped to maxNackError.
+func (l goControlPlaneLogger) Warnf(f string, a ...any) {
+	l.log.Warn(clip.To(fmt.Sprintf(f, a...), maxNackError))
+}
+
+func (l goControlPlaneLogger) Errorf(f string, a ...any) {
+	l.log.Error(clip.To(fmt.Sprintf(f, a...), maxNackError))
+}
 
 // debug formats only when Debug is on: go-control-plane logs a line per
 // watch it answers, and formatting a thousand of them cost a tenth of a

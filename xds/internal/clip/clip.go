@@ -11,11 +11,15 @@ const Max = 128
 
 // String returns s if it is at most Max bytes long, and otherwise its
 // first Max bytes (cut before a split UTF-8 sequence) followed by "…".
-func String(s string) string {
-	if len(s) <= Max {
+func String(s string) string { return To(s, Max) }
+
+// To is String with a limit of its own, for texts that are useful longer
+// (a proxy's NACK message).
+func To(s string, limit int) string {
+	if len(s) <= limit {
 		return s
 	}
-	cut := Max
+	cut := limit
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}

@@ -26,3 +26,12 @@ func TestString(t *testing.T) {
 		}
 	}
 }
+
+func TestTo(t *testing.T) {
+	if got := To("abcdef", 3); got != "abc…" {
+		t.Errorf("To(abcdef, 3) = %q, want %q", got, "abc…")
+	}
+	if got := To("abc", 3); got != "abc" {
+		t.Errorf("To(abc, 3) = %q, want it unchanged", got)
+	}
+}
