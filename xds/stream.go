@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/translate"
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
@@ -86,6 +87,7 @@ type nodeState struct {
 	published  bool   // its pod has been resolved and published to once
 	workload   string // namespace/name, empty while waiting
 	waiting    bool   // the pod is not (or no longer) known
+	waitReason string // why, while waiting (see waitReason)
 	group      string
 	configSnap *cachev3.Snapshot // the versions of what the config cache holds for this node
 	configPub  *published        // and its resources
@@ -812,6 +814,10 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	if err != nil {
 		return refuse("node_id", err)
 	}
+	if cd := s.opts.Translate.ClusterDomain; id.ClusterDomain() != cd {
+		return refuse("node_id", fmt.Errorf("%w %q: its DNS domain %q is in cluster domain %q, but this mesh's cluster domain is %q; set the node ID's last part to %s.svc.%s",
+			auth.ErrBadNodeID, clip.String(node.GetId()), clip.String(id.DNSDomain), clip.String(id.ClusterDomain()), cd, id.Namespace, cd))
+	}
 	// Check as much as is known now, so a mismatch ends the stream at its
 	// first request: the namespace always, the service account when
 	// discovery already knows the pod. A pod that appears later is checked
@@ -822,6 +828,7 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 			podSA = w.ServiceAccount
 		}
 	}
+	reason := waitReason(s.model, id)
 	as, err := auth.Authorize(st.identity, id, podSA)
 	if err != nil && !errors.Is(err, auth.ErrPodUnknown) {
 		return refuse("permission_denied", err)
@@ -833,13 +840,13 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	n := s.nodes[node.GetId()]
 	switch {
 	case n == nil:
-		n = &nodeState{id: node.GetId(), parsed: id, flavor: flavor, streams: map[streamKey]*stream{}, waiting: true}
+		n = &nodeState{id: node.GetId(), parsed: id, flavor: flavor, streams: map[streamKey]*stream{}, waiting: true, waitReason: reason}
 		s.nodes[n.id] = n
 	case !n.live():
 		// Back within the grace period: only the certificate survived.
 		n.keepUntil = time.Time{}
 		n.flavor = flavor
-		n.waiting = true
+		n.waiting, n.waitReason = true, reason
 	case n.flavor != flavor:
 		s.log.Warn("a stream declares another flavour than the node's other streams; the node keeps its first flavour",
 			"node", n.id, "flavor", n.flavor, "stream_flavor", flavor)
@@ -852,6 +859,21 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	st.node = n
 	s.log.Info("proxy stream connected", append(st.logAttrs(), "peer", st.peer, "flavor", n.flavor, "identity", st.identity.String(), "streams", len(n.streams))...)
 	return nil
+}
+
+// waitReason says why a node of pod id has no configuration yet, as
+// syncz and meshctl proxy-status show it: discovery has delivered no model
+// yet, or its model has no such pod. When the pod is there, the node
+// waits only for the publish that is about to serve it.
+func waitReason(m *model.Snapshot, id auth.NodeID) string {
+	switch {
+	case m == nil:
+		return "meshd has no model of the mesh yet: discovery has not delivered its first snapshot"
+	case m.Workload(id.Namespace, id.Pod) == nil:
+		return fmt.Sprintf("pod %s/%s not found in the mesh", id.Namespace, id.Pod)
+	default:
+		return fmt.Sprintf("pod %s/%s found; its configuration is being published", id.Namespace, id.Pod)
+	}
 }
 
 // flavorOf reads the data-plane flavour from node metadata, as Istio does:

@@ -175,7 +175,7 @@ func printProxyNotes(w io.Writer, st xds.SyncStatus, p xds.ProxyStatus) {
 		fmt.Fprintf(w, "warning: meshd refused proxy %s: %s\n", name, p.Refused)
 	}
 	if p.Waiting {
-		fmt.Fprintf(w, "note: proxy %s is waiting: meshd does not know its pod yet, so it has no configuration\n", name)
+		fmt.Fprintf(w, "note: proxy %s is waiting (%s), so it has no configuration\n", name, waitReason(p))
 	}
 	if g, ok := groupOf(st, p); ok {
 		if g.Error != "" {

@@ -28,11 +28,12 @@ Lists every proxy connected to meshd, like 'istioctl proxy-status':
            -         the proxy has not asked for this type
            WAITING   meshd does not know the proxy's pod yet; the stream
                      stays open and configuration follows when it does
+                     (the reason is listed below)
   VERSION  a digest of the CDS, LDS, RDS and EDS versions meshd serves the
            proxy: proxies that show the same VERSION hold the same config
 
-Refused streams, NACK errors and groups whose latest configuration could not
-be published are listed below the table. Exits 0 whenever meshd answered.
+Why a proxy waits, refused streams, NACK errors and groups whose latest
+configuration could not be published are listed below the table. Exits 0 whenever meshd answered.
 
 Flags:
 `
@@ -118,6 +119,8 @@ func writeProxyStatus(w io.Writer, st xds.SyncStatus) error {
 		t.add(row...)
 		if p.Refused != "" {
 			notes = append(notes, fmt.Sprintf("%s REFUSED: %s", name, p.Refused))
+		} else if p.Waiting {
+			notes = append(notes, fmt.Sprintf("%s WAITING: %s", name, waitReason(p)))
 		}
 		if p.Certificate != nil && p.Certificate.Error != "" {
 			notes = append(notes, fmt.Sprintf("%s has no workload certificate: %s", name, p.Certificate.Error))
@@ -155,4 +158,13 @@ func configVersion(p xds.ProxyStatus) string {
 		return "-"
 	}
 	return hex.EncodeToString(h.Sum(nil)[:4])
+}
+
+// waitReason is why meshd keeps a proxy waiting; a meshd older than the
+// reason field says only that it waits for the pod.
+func waitReason(p xds.ProxyStatus) string {
+	if p.WaitReason != "" {
+		return p.WaitReason
+	}
+	return "meshd does not know its pod yet"
 }

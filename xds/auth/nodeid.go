@@ -100,7 +100,19 @@ func ParseNodeID(id string) (NodeID, error) {
 	if err := checkName(domain); err != nil {
 		return fail("DNS domain %q %s", clip.String(domain), err)
 	}
+	// Istio's proxies put their pod's namespace in the domain too: one
+	// that names another namespace is not a proxy of this pod.
+	cluster, ok := strings.CutPrefix(domain, ns+".svc.")
+	if !ok || cluster == "" || strings.HasPrefix(cluster, ".") || strings.HasSuffix(cluster, ".") {
+		return fail("DNS domain %q is not %s.svc.<cluster domain>, the namespace's", clip.String(domain), ns)
+	}
 	return NodeID{Type: typ, IP: ip.String(), Pod: pod, Namespace: ns, DNSDomain: domain}, nil
+}
+
+// ClusterDomain is the cluster's DNS suffix, the part of the DNS domain
+// after "<namespace>.svc.".
+func (n NodeID) ClusterDomain() string {
+	return strings.TrimPrefix(n.DNSDomain, n.Namespace+".svc.")
 }
 
 // checkName accepts the characters of a DNS subdomain. It is deliberately
