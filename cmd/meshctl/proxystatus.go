@@ -14,7 +14,7 @@ import (
 	"github.com/minimesh/minimesh/xds"
 )
 
-const proxyStatusUsage = `Usage: meshctl proxy-status [--meshd URL]
+const proxyStatusUsage = `Usage: meshctl proxy-status [--meshd URL] [--token-file FILE]
 
 Lists every proxy connected to meshd, like 'istioctl proxy-status':
 
@@ -33,7 +33,11 @@ Lists every proxy connected to meshd, like 'istioctl proxy-status':
            proxy: proxies that show the same VERSION hold the same config
 
 Why a proxy waits, refused streams, NACK errors and groups whose latest
-configuration could not be published are listed below the table. Exits 0 whenever meshd answered.
+configuration could not be published are listed below the table. Exits 0
+whenever meshd answered.
+
+When meshd checks who reads its debug API (--debug-auth), pass a bearer
+token with --token-file or $MESHCTL_TOKEN.
 
 Flags:
 `
@@ -42,10 +46,10 @@ Flags:
 var statusTypes = []string{"cds", "lds", "eds", "rds", "sds"}
 
 func runProxyStatus(args []string, stdout, stderr io.Writer) int {
-	var meshd string
+	var debug debugFlags
 	fs := flag.NewFlagSet(programName+" proxy-status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&meshd, "meshd", defaultMeshd, "meshd's monitoring address (its --monitoring-addr)")
+	debug.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), proxyStatusUsage)
 		fs.PrintDefaults()
@@ -62,7 +66,7 @@ func runProxyStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s proxy-status: unexpected argument %q; it lists every proxy (use proxy-config for one)\n", programName, fs.Arg(0))
 		return exitUsage
 	}
-	client, err := newDebugClient(meshd)
+	client, err := debug.client()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s proxy-status: %v\n", programName, err)
 		return exitUsage

@@ -56,10 +56,12 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 }
 
 // kubeParts is what Kubernetes mode adds to meshd: the discovery source,
-// the TokenReview authenticator, and the Event broadcaster to stop.
+// the TokenReview authenticator, the client (which also checks debug API
+// tokens), and the Event broadcaster to stop.
 type kubeParts struct {
 	source *kubesource.Source
 	authn  auth.Authenticator // nil unless --xds-auth=kubernetes
+	client kubernetes.Interface
 	stop   func()
 }
 
@@ -106,13 +108,13 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 		broadcaster.Shutdown()
 		return nil, err
 	}
-	parts := &kubeParts{source: src, stop: broadcaster.Shutdown}
+	parts := &kubeParts{source: src, client: client, stop: broadcaster.Shutdown}
 	if cfg.XDSAuth == "kubernetes" {
 		parts.authn = newReviewFallback(tokenreview.New(client, tokenreview.Options{Audiences: cfg.XDSTokenAudiences}),
 			log.With("component", "xds-auth"))
 	}
 	log.Info("kubernetes discovery", "server", rc.Host, "inCluster", cfg.InCluster,
-		"xdsAuth", cfg.XDSAuth, "tokenAudiences", cfg.XDSTokenAudiences)
+		"xdsAuth", cfg.XDSAuth, "tokenAudiences", cfg.XDSTokenAudiences, "debugAuth", cfg.DebugAuth)
 	return parts, nil
 }
 

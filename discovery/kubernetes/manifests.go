@@ -28,6 +28,8 @@ func CRDs() []byte {
 	return out.Bytes()
 }
 
-// RBAC returns the ClusterRole meshd needs (rbac.yaml): read access to
-// what discovery watches, Events, and TokenReviews.
+// RBAC returns the ClusterRoles of rbac.yaml: minimesh-meshd, what meshd
+// needs (read access to what discovery watches, Events, TokenReviews and
+// SubjectAccessReviews), and minimesh-debug-reader, who may read meshd's
+// debug API.
 func RBAC() []byte { return bytes.Clone(rbac) }
