@@ -662,7 +662,7 @@ func (s *Server) checkRequest(st *stream, req request) error {
 	switch {
 	case req.carriesTooMany():
 		err = errTooManyNames
-	case typeURLOf(shortType(req.typeURL)) == "":
+	case shortTypes[req.typeURL] == "":
 		reason = "unknown_type"
 		err = status.Errorf(codes.InvalidArgument, "minimesh does not serve type %q; it serves %s", clip.String(req.typeURL), servedTypes)
 	default:
