@@ -969,8 +969,8 @@ type goControlPlaneLogger struct{ log *slog.Logger }
 func (l goControlPlaneLogger) Debugf(f string, a ...any) { l.debug(f, a) }
 func (l goControlPlaneLogger) Infof(f string, a ...any)  { l.debug(f, a) }
 
-// Its warnings and errors may quote a request's names and node ID, which
-// the client chose: they are clipped to maxNackError.
+// Its lines may quote a request's names and node ID, which the client
+// chose: they are clipped to maxNackError.
 func (l goControlPlaneLogger) Warnf(f string, a ...any) {
 	l.log.Warn(clip.To(fmt.Sprintf(f, a...), maxNackError))
 }
@@ -984,7 +984,7 @@ func (l goControlPlaneLogger) Errorf(f string, a ...any) {
 // second of CPU on every push to a thousand proxies.
 func (l goControlPlaneLogger) debug(f string, a []any) {
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.Debug(fmt.Sprintf(f, a...))
+		l.log.Debug(clip.To(fmt.Sprintf(f, a...), maxNackError))
 	}
 }
 
