@@ -55,7 +55,9 @@ type ProxyStatus struct {
 	Group    string `json:"group,omitempty"`
 	// Waiting is true while discovery does not know the node's pod: the
 	// stream stays open and configuration follows as soon as it does.
-	Waiting bool `json:"waiting"`
+	// WaitReason says why, e.g. "pod default/foo not found in the mesh".
+	Waiting    bool   `json:"waiting"`
+	WaitReason string `json:"waitReason,omitempty"`
 	// Delta, Peer, Identity and ConnectedAt are those of the node's
 	// longest-open stream.
 	Delta       bool      `json:"delta"`
@@ -239,12 +241,13 @@ func (s *Server) SyncStatus() SyncStatus {
 // proxyStatus describes one live node. Called with mu held.
 func (s *Server) proxyStatus(n *nodeState) ProxyStatus {
 	ps := ProxyStatus{
-		NodeID:   n.id,
-		Workload: n.workload,
-		Flavor:   string(n.flavor),
-		Group:    n.group,
-		Waiting:  n.waiting,
-		Types:    map[string]TypeStatus{},
+		NodeID:     n.id,
+		Workload:   n.workload,
+		Flavor:     string(n.flavor),
+		Group:      n.group,
+		Waiting:    n.waiting,
+		WaitReason: n.waitReason,
+		Types:      map[string]TypeStatus{},
 	}
 	if n.cert != nil || n.certErr != nil {
 		cs := &CertificateStatus{RenewAt: n.renewAt}

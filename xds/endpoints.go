@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+	"weak"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -45,7 +46,7 @@ type endpointCache struct {
 	// cluster's, in each state-of-the-world request) are kept once.
 	names atomic.Pointer[map[string]string]
 	// lists are the name lists of requests, which requestCodec decodes
-	// and the caches read (see nameLists.standIn).
+	// and the caches read (see nameLists.endpointList).
 	lists *nameLists
 }
 
@@ -177,28 +178,23 @@ type assignmentCache struct {
 	lists *nameLists
 	// exact remembers which request name lists name exactly the
 	// names of which held sets (see holdsExactly).
-	exact map[exactKey]exactPair
+	exact map[exactKey]struct{}
 	// bases are what delta clients hold (see heldBase), and
 	// transitions the responses of this version that led from one to
 	// another (see nextBase); they are forgotten when the version
 	// changes.
 	bases       *heldBases
-	transitions map[*heldBase][]deltaTransition
+	transitions map[weak.Pointer[heldBase]][]deltaTransition
 }
 
 // exactKey identifies a request's name list (as requestCodec shares it)
-// and a held set of a given size. Both are kept in the exactPair, so
-// neither address can be reused while the key is remembered.
+// and a held set. It holds both weakly, so that remembering the pair keeps
+// neither alive, and a list or set made later at the same address never
+// matches it.
 type exactKey struct {
-	names *string
+	names weak.Pointer[string]
 	n     int
-	held  unsafe.Pointer
-	size  int
-}
-
-type exactPair struct {
-	names []string
-	held  map[string]string
+	held  weak.Pointer[heldBase]
 }
 
 // assignment is one published ClusterLoadAssignment, shared by every
@@ -250,7 +246,7 @@ var _ cachev3.Cache = (*assignmentCache)(nil)
 
 func newAssignmentCache(prefix string) *assignmentCache {
 	return &assignmentCache{prefix: prefix, items: map[string]*assignment{}, invalid: map[string]error{}, watches: map[uint64]*edsWatch{},
-		exact: map[exactKey]exactPair{}, bases: newHeldBases()}
+		exact: map[exactKey]struct{}{}, bases: newHeldBases()}
 }
 
 func (c *assignmentCache) versionString(n uint64) string { return c.prefix + strconv.FormatUint(n, 10) }
@@ -398,7 +394,7 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 	subscribed, wildcard := w.subscribed, w.wildcard
 	since, _ := parseVersion(c.prefix, w.sotw.GetVersionInfo()) // 0 unless ours
 	if !even && candidates == nil && !wildcard && since == c.version &&
-		c.holdsExactly(w.names, known, len(subscribed)) {
+		c.holdsExactly(w.names, base, len(subscribed)) {
 		// The ACK of the latest version, naming what it names: the
 		// client holds everything it subscribes to, as it is now.
 		return false
@@ -489,26 +485,25 @@ func (c *assignmentCache) respondSotw(w *edsWatch, candidates []string, even boo
 // they were sent with the names they subscribed to already; so the answer
 // is remembered for the pair of list and set, which requestCodec and
 // internHeld share between the sidecars of a deployment. Neither changes
-// once shared, and the pair kept with the key keeps both addresses from
-// being reused.
+// once shared.
 // Called with mu held.
-func (c *assignmentCache) holdsExactly(names []string, held map[string]string, subscribed int) bool {
-	if len(names) == 0 || len(held) != subscribed {
+func (c *assignmentCache) holdsExactly(names []string, held *heldBase, subscribed int) bool {
+	if len(names) == 0 || held == nil || len(held.versions) != subscribed {
 		return false
 	}
-	key := exactKey{&names[0], len(names), mapPointer(held), len(held)}
+	key := exactKey{weak.Make(&names[0]), len(names), weak.Make(held)}
 	if _, ok := c.exact[key]; ok {
 		return true
 	}
 	for _, n := range names {
-		if _, ok := held[n]; !ok {
+		if _, ok := held.versions[n]; !ok {
 			return false
 		}
 	}
 	if len(c.exact) >= maxExact {
 		clear(c.exact)
 	}
-	c.exact[key] = exactPair{names, held}
+	c.exact[key] = struct{}{}
 	return true
 }
 
@@ -526,7 +521,8 @@ func eachSubscribed(names []string, subscribed map[string]struct{}, wildcard boo
 // only the names matter (see respondSotw).
 const held = "held"
 
-// maxExact bounds the pairs holdsExactly remembers.
+// maxExact bounds the pairs holdsExactly remembers, and the bases whose
+// transitions nextBase remembers.
 const maxExact = 4096
 
 // internHeld returns the held set with the same names as m, which must
@@ -574,11 +570,12 @@ func (c *assignmentCache) dueSince(known map[string]string, subscribe, unsubscri
 	return slices.Compact(due)
 }
 
-// deltaTransition is a base a delta response led to (see nextBase).
+// deltaTransition is a base a delta response led to (see nextBase), held
+// weakly: a transition keeps neither base alive.
 type deltaTransition struct {
 	changed []*assignment
 	removed []string
-	to      *heldBase
+	to      weak.Pointer[heldBase]
 }
 
 // nextBase returns the base a delta client holds after a response sending
@@ -598,16 +595,19 @@ func (c *assignmentCache) nextBase(view heldView, changed []*assignment, removed
 		versions := applyChange(view.flatten(len(changed)), changed, removed)
 		return c.bases.intern(versions, heldSum(versions))
 	}
-	for _, t := range c.transitions[view.base] {
+	from := weak.Make(view.base)
+	for _, t := range c.transitions[from] {
 		if slices.Equal(t.changed, changed) && slices.Equal(t.removed, removed) {
-			return t.to
+			if to := t.to.Value(); to != nil {
+				return to
+			}
 		}
 	}
 	b := c.applyToBase(view.base, changed, removed)
-	if c.transitions == nil {
-		c.transitions = map[*heldBase][]deltaTransition{}
+	if c.transitions == nil || len(c.transitions) >= maxExact {
+		c.transitions = map[weak.Pointer[heldBase]][]deltaTransition{}
 	}
-	c.transitions[view.base] = append(c.transitions[view.base], deltaTransition{changed: slices.Clone(changed), removed: slices.Clone(removed), to: b})
+	c.transitions[from] = append(c.transitions[from], deltaTransition{changed: slices.Clone(changed), removed: slices.Clone(removed), to: weak.Make(b)})
 	return b
 }
 
@@ -795,9 +795,16 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 	}
 	// Envoy waits for an answer to its first wildcard request.
 	even := sub.IsWildcard() && req.GetResponseNonce() == ""
-	subscribed, err := c.deltaSubscribed(sub, req)
+	subscribed, shared, err := c.deltaSubscribed(sub, req)
 	if err != nil {
 		return nil, err
+	}
+	if !shared && changesSubscription(req) {
+		// A list's own set is within bounds: the codec made it
+		// from one request.
+		if err := checkSubscribed(req.GetTypeUrl(), subscribed); err != nil {
+			return nil, err
+		}
 	}
 	subscribe, err := c.lists.deltaNames(req.GetResourceNamesSubscribe())
 	if err != nil {
@@ -820,24 +827,25 @@ func (c *assignmentCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev
 // replaced, in go-control-plane's set, by its names, less those req
 // unsubscribes (go-control-plane could not remove them). The set is the
 // stream's and this is its goroutine, which writes to it anyway. After
-// each request the set is one token or holds none.
-func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3.DeltaRequest) (map[string]struct{}, error) {
+// each request the set is one token or holds none. shared reports a
+// list's set.
+func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3.DeltaRequest) (names map[string]struct{}, shared bool, err error) {
 	set := sub.SubscribedResources()
 	switch {
 	case len(set) == 1:
 		for t := range set {
-			_, shared, ok, err := c.lists.token(t)
+			_, listSet, ok, err := c.lists.token(t)
 			if !ok || err != nil {
-				return set, err
+				return set, false, err
 			}
 			if len(req.GetResourceNamesUnsubscribe()) == 0 {
-				return shared, nil
+				return listSet, true, nil
 			}
 		}
 	case len(set) > 1 && len(req.GetResourceNamesSubscribe()) > 0:
 		// New subscriptions: a token among them, or added to one.
 	default:
-		return set, nil
+		return set, false, nil
 	}
 	var tokens []string
 	for n := range set {
@@ -848,7 +856,7 @@ func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3
 	for _, t := range tokens {
 		names, _, _, err := c.lists.token(t)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		delete(set, t)
 		for _, n := range names {
@@ -860,7 +868,7 @@ func (c *assignmentCache) deltaSubscribed(sub cachev3.Subscription, req *cachev3
 			delete(set, n)
 		}
 	}
-	return set, nil
+	return set, false, nil
 }
 
 // Fetch implements cachev3.ConfigFetcher; minimesh serves ADS streams only.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+	"weak"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -427,6 +428,49 @@ func TestRequestCodecInternsNames(t *testing.T) {
 			t.Errorf("%T: an unknown name was changed: %q", got, names)
 		}
 	}
+}
+
+// What the cache remembers about an ACK that names exactly what its
+// stream holds keeps neither the request's list nor the held set alive.
+func TestAssignmentCacheRemembersAcksWeakly(t *testing.T) {
+	c := newAssignmentCache("p-")
+	if _, err := c.update(checkedCLAs(t, map[string]string{"a": "10.0.0.1", "b": "10.0.0.2"}), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"a", "b"}
+	list := weak.Make(&names[0])
+	func() {
+		r, _ := got(sotwWatch(t, c, "", names, nil))
+		sub := streamv3.NewSotwSubscription(names, false)
+		sub.SetReturnedResources(r.GetReturnedResources())
+		out := make(chan cachev3.Response, 1)
+		ack := &cachev3.Request{TypeUrl: resourcev3.EndpointType, VersionInfo: r.GetResponseVersion(), ResourceNames: names}
+		cancel, err := c.CreateWatch(ack, sub, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, ok := got(out); ok {
+			t.Fatalf("the ACK was answered with %v", sotwNames(t, r))
+		}
+		cancel() // the stream goes
+	}()
+	if len(c.exact) != 1 {
+		t.Fatalf("the cache remembers %d list/set pairs, want 1", len(c.exact))
+	}
+	names = nil
+	if n := collectedDownTo(c.bases.count, 0); n != 0 {
+		t.Errorf("%d held sets are still registered after the stream went", n)
+	}
+	collectedDownTo(func() int {
+		if list.Value() != nil {
+			return 1
+		}
+		return 0
+	}, 0)
+	if list.Value() != nil {
+		t.Error("the request's list is still alive after the stream went")
+	}
+	runtime.KeepAlive(c) // the cache, and what it remembers, must not go first
 }
 
 func unsafeData(s string) *byte { return unsafe.StringData(s) }

@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"kind"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "minimesh_xds_rejected_streams_total",
-			Help: "ADS streams refused, by reason (node_id, unauthenticated, auth_unavailable, permission_denied).",
+			Help: "ADS streams refused, by reason (node_id, unauthenticated, auth_unavailable, permission_denied, too_many_names, unknown_type).",
 		}, []string{"reason"}),
 		certsIssued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_ca_certificates_issued_total",

@@ -141,7 +141,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		if w == nil {
 			// Unknown pod: keep the streams open and whatever they
 			// already have; the push that brings the pod will serve it.
-			n.waiting = true
+			n.waiting, n.waitReason = true, waitReason(m, n.parsed)
 			continue
 		}
 		for _, st := range n.streams {
@@ -240,7 +240,7 @@ func (s *Server) syncLocked(m *model.Snapshot, newOnly bool, changedAt time.Time
 		if !n.live() || s.nodes[n.id] != n {
 			continue // gone meanwhile
 		}
-		n.waiting, n.published = false, true
+		n.waiting, n.waitReason, n.published = false, "", true
 		n.workload = t.workload.Namespace + "/" + t.workload.Name
 		n.group = t.key
 		if g := s.groups[t.key]; g != nil && g.snap != nil && n.configSnap != g.snap {

@@ -10,7 +10,7 @@
 // see deltaSynced and heldBaseKey: what a client holds is a base shared by
 // its group, see heldBase), and the request codec shows
 // go-control-plane a stand-in for the thousand endpoint names of a
-// request, state-of-the-world or delta (see nameLists.standIn); everything
+// request, state-of-the-world or delta (see nameLists.endpointList); everything
 // else of the protocol is go-control-plane's.
 //
 // Data flows one way. The discovery source calls Update with every new model
@@ -256,7 +256,7 @@ func New(opts Options) (*Server, error) {
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return classify(r.GetTypeUrl(), r.GetNode()) },
 		Caches:        caches,
 	}
-	s.cache = mux
+	s.cache = limitedCache{mux}
 	if opts.CA != nil {
 		m.rootExpiry.Set(float64(opts.CA.RootExpiry().Unix()))
 	}

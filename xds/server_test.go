@@ -275,6 +275,9 @@ func TestWaitingPodGetsConfigWhenItAppears(t *testing.T) {
 			ps, ok := h.proxyStatus(node)
 			return ok && ps.Waiting && ps.Workload == ""
 		})
+		if ps, _ := h.proxyStatus(node); ps.WaitReason != "pod default/reviews-0 not found in the mesh" {
+			t.Errorf("a waiting proxy's reason is %q; want it to name the pod it waits for", ps.WaitReason)
+		}
 		if n := c.Responses(xdstest.CDS) + c.Responses(xdstest.LDS); n != 0 {
 			t.Fatalf("a proxy of an unknown pod got %d responses", n)
 		}
@@ -290,7 +293,7 @@ func TestWaitingPodGetsConfigWhenItAppears(t *testing.T) {
 			t.Errorf("SPIFFE ID = %q, want %q", got, want)
 		}
 		ps, _ := h.proxyStatus(node)
-		if ps.Waiting || ps.Workload != "default/reviews-0" {
+		if ps.Waiting || ps.WaitReason != "" || ps.Workload != "default/reviews-0" {
 			t.Errorf("syncz entry after the pod appeared = %+v", ps)
 		}
 	})
@@ -312,6 +315,31 @@ func TestBadNodeIDIsRefused(t *testing.T) {
 			t.Errorf("rejected_streams_total{reason=node_id} = %v, want 1", got)
 		}
 	})
+}
+
+// The node ID's DNS domain is its namespace's, in the mesh's cluster
+// domain: a node ID naming another namespace or cluster domain is refused
+// with what meshd expected.
+func TestNodeIDDomainIsChecked(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.Translate.ClusterDomain = "example.org" })
+	h.update(mesh(t, shop...))
+	for _, tc := range []struct{ id, want string }{
+		{"sidecar~127.0.0.2~product-0.default~default.svc.cluster.local", "default.svc.example.org"},
+		{"sidecar~127.0.0.2~product-0.default~test.svc.example.org", "default.svc.<cluster domain>"},
+	} {
+		c := h.client("x", "y", "z", false, func(o *xdstest.Options) { o.NodeID = tc.id })
+		h.waitFor(c, "the stream to end", func() bool { return c.Err() != nil })
+		if got := status.Code(errors.Unwrap(c.Err())); got != codes.InvalidArgument && status.Code(c.Err()) != codes.InvalidArgument {
+			t.Errorf("%s: stream ended with %v, want InvalidArgument", tc.id, c.Err())
+		}
+		if !strings.Contains(c.Err().Error(), tc.want) {
+			t.Errorf("%s: error %q does not say it wants %s", tc.id, c.Err(), tc.want)
+		}
+	}
+	ok := h.client("product-0", "default", "127.0.0.2", false, func(o *xdstest.Options) {
+		o.NodeID = "sidecar~127.0.0.2~product-0.default~default.svc.example.org"
+	})
+	h.waitComplete(ok)
 }
 
 func TestTokenOnlyObtainsItsOwnSecrets(t *testing.T) {
@@ -596,8 +624,8 @@ func TestPodRemovedWhileConnectedKeepsConfig(t *testing.T) {
 	before := snapshotOf(c)
 	h.update(mesh(t, service("product", 11), service("stock", 12), gatewayPod, productPod))
 	ps, _ := h.proxyStatus(nodeID("stock-0", "default", "127.0.0.3"))
-	if !ps.Waiting {
-		t.Errorf("a proxy whose pod left discovery should be listed as waiting: %+v", ps)
+	if !ps.Waiting || ps.WaitReason != "pod default/stock-0 not found in the mesh" {
+		t.Errorf("a proxy whose pod left discovery should be listed as waiting for it: %+v", ps)
 	}
 	// It keeps its listeners, routes, clusters and secrets. Endpoints
 	// are shared by the whole flavour and stay current: it still has an

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -22,9 +24,11 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/translate"
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // streamKey identifies a stream: go-control-plane numbers SOTW and delta
@@ -83,6 +87,7 @@ type nodeState struct {
 	published  bool   // its pod has been resolved and published to once
 	workload   string // namespace/name, empty while waiting
 	waiting    bool   // the pod is not (or no longer) known
+	waitReason string // why, while waiting (see waitReason)
 	group      string
 	configSnap *cachev3.Snapshot // the versions of what the config cache holds for this node
 	configPub  *published        // and its resources
@@ -151,6 +156,11 @@ type sentResponse struct {
 	nonce, typ, version string
 }
 
+// maxNackError bounds what is kept, shown and logged of the message of a
+// proxy's NACK: Envoy's validation errors are a few hundred bytes, and a
+// client can send megabytes.
+const maxNackError = 1024
+
 // maxSentTracked bounds the nonce history per stream. A proxy answers each
 // response promptly, so only the last few can still be ACKed or NACKed.
 const maxSentTracked = 32
@@ -181,8 +191,10 @@ func (st *stream) nodeID() string {
 	return st.node.id
 }
 
+// logAttrs are the attributes of a stream's log lines. The node ID is the
+// client's, so it is clipped (see clip).
 func (st *stream) logAttrs() []any {
-	attrs := []any{"node", st.nodeID()}
+	attrs := []any{"node", clip.String(st.nodeID())}
 	if st.key.delta {
 		attrs = append(attrs, "delta", true)
 	}
@@ -249,8 +261,9 @@ func (a *adsService) StreamAggregatedResources(st grpc.BidiStreamingServer[disco
 	budget := a.s.budget.stream()
 	defer budget.close()
 	// requestCodec has already shared the request's names.
-	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) {
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DiscoveryRequest) int {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		return a.s.eds.lists.requestWeight(r, r.GetResourceNames())
 	})
 	return a.xds.StreamAggregatedResources(sotwStream{st, ctx, gate, budget, reqs})
 }
@@ -262,36 +275,59 @@ func (a *adsService) DeltaAggregatedResources(st grpc.BidiStreamingServer[discov
 	}
 	budget := a.s.budget.stream()
 	defer budget.close()
-	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) {
+	reqs := readAhead(ctx, st.Recv, func(r *discoveryv3.DeltaDiscoveryRequest) int {
 		budget.answered(r.GetTypeUrl(), r.GetResponseNonce())
+		return a.s.eds.lists.requestWeight(r, r.GetResourceNamesSubscribe())
 	})
 	return a.xds.DeltaAggregatedResources(deltaStream{st, ctx, gate, budget, reqs})
 }
 
-// received is one outcome of a stream's Recv.
+// received is one outcome of a stream's Recv, and its weight (see
+// readAhead).
 type received[T any] struct {
-	req T
-	err error
+	req    T
+	err    error
+	weight int
+}
+
+// readQueue is the requests read ahead of go-control-plane.
+type readQueue[T any] struct {
+	ch     chan received[T]
+	mu     sync.Mutex
+	weight int           // of the requests in ch
+	taken  chan struct{} // signalled when a request leaves ch
 }
 
 // readAhead reads a stream's requests in a goroutine of its own, calling
 // seen on each as soon as it arrives, and queues them for go-control-plane.
 // go-control-plane reads a request only when its stream goroutine is free
 // to take it, and that goroutine may be waiting in Send for send budget:
-// the ACKs that give budget back must not queue behind it.
-func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T)) <-chan received[T] {
-	// Envoy sends a request per response, so a handful queue at most;
-	// a client flooding more only stalls its own stream.
-	ch := make(chan received[T], 16)
+// the ACKs that give budget back must not queue behind it. seen returns
+// the request's weight, roughly the memory it holds: the queue holds at
+// most readAheadCount requests and readAheadBytes of weight (and always
+// one), so a client flooding requests only stalls its own stream.
+func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T) int) *readQueue[T] {
+	q := &readQueue[T]{ch: make(chan received[T], readAheadCount), taken: make(chan struct{}, 1)}
 	go func() {
-		defer close(ch)
+		defer close(q.ch)
 		for {
-			r, err := recv()
-			if err == nil {
-				seen(r)
+			for q.full() {
+				select {
+				case <-q.taken:
+				case <-ctx.Done():
+					return
+				}
 			}
+			r, err := recv()
+			w := 0
+			if err == nil {
+				w = seen(r)
+			}
+			q.mu.Lock()
+			q.weight += w
+			q.mu.Unlock()
 			select {
-			case ch <- received[T]{r, err}:
+			case q.ch <- received[T]{r, err, w}:
 			case <-ctx.Done():
 				return
 			}
@@ -300,15 +336,28 @@ func readAhead[T any](ctx context.Context, recv func() (T, error), seen func(T))
 			}
 		}
 	}()
-	return ch
+	return q
+}
+
+func (q *readQueue[T]) full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.weight >= readAheadBytes
 }
 
 // next returns the next request read ahead, or io.EOF once there is none.
-func next[T any](ch <-chan received[T]) (T, error) {
-	r, ok := <-ch
+func (q *readQueue[T]) next() (T, error) {
+	r, ok := <-q.ch
 	if !ok {
 		var zero T
 		return zero, io.EOF
+	}
+	q.mu.Lock()
+	q.weight -= r.weight
+	q.mu.Unlock()
+	select {
+	case q.taken <- struct{}{}:
+	default:
 	}
 	return r.req, r.err
 }
@@ -322,7 +371,7 @@ type sotwStream struct {
 	ctx    context.Context
 	gate   *streamGate
 	budget *streamBudget
-	reqs   <-chan received[*discoveryv3.DiscoveryRequest]
+	reqs   *readQueue[*discoveryv3.DiscoveryRequest]
 }
 
 func (s sotwStream) Context() context.Context { return s.ctx }
@@ -341,14 +390,14 @@ func (s sotwStream) Send(r *discoveryv3.DiscoveryResponse) error {
 	return nil
 }
 
-func (s sotwStream) Recv() (*discoveryv3.DiscoveryRequest, error) { return next(s.reqs) }
+func (s sotwStream) Recv() (*discoveryv3.DiscoveryRequest, error) { return s.reqs.next() }
 
 type deltaStream struct {
 	grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 	ctx    context.Context
 	gate   *streamGate
 	budget *streamBudget
-	reqs   <-chan received[*discoveryv3.DeltaDiscoveryRequest]
+	reqs   *readQueue[*discoveryv3.DeltaDiscoveryRequest]
 }
 
 func (s deltaStream) Context() context.Context { return s.ctx }
@@ -367,7 +416,7 @@ func (s deltaStream) Send(r *discoveryv3.DeltaDiscoveryResponse) error {
 	return nil
 }
 
-func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return next(s.reqs) }
+func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return s.reqs.next() }
 
 // authenticate checks the stream's bearer token and returns a context
 // carrying the identity it proves, and the stream's gate.
@@ -401,7 +450,9 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, *streamGate
 // refusal is the gRPC status a refused stream ends with.
 func refusal(err error) error {
 	if errors.Is(err, auth.ErrUnavailable) {
-		return status.Errorf(codes.Unavailable, "minimesh cannot check the xDS stream's credentials right now; retry: %v", err)
+		// Not err: it says how meshd reaches its authenticator (an
+		// address, a file), which is meshd's business; the log has it.
+		return status.Error(codes.Unavailable, "minimesh cannot check the xDS stream's credentials right now; retry")
 	}
 	return status.Errorf(grpcCode(err), "minimesh refused the xDS stream: %v", err)
 }
@@ -507,6 +558,10 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 		s.mu.Unlock()
 		return err
 	}
+	if err := s.checkRequest(st, req); err != nil {
+		s.mu.Unlock()
+		return err
+	}
 	kick := false
 	if !st.bound {
 		if err := s.bind(st, node); err != nil {
@@ -546,7 +601,7 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 	ts = st.typeState(sent.typ)
 	now := s.now()
 	if req.nack != nil {
-		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, req.nack.GetMessage(), now
+		ts.Nacked, ts.NackError, ts.NackedAt = sent.version, clip.To(req.nack.GetMessage(), maxNackError), now
 		ts.nackPending = ts.Sent == sent.version
 		if ts.nackPending && req.sotw != nil {
 			guardNack(req.sotw, sent.version)
@@ -561,7 +616,7 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 			}
 			ts.reported[sent.version] = true
 		}
-		attrs := append(st.logAttrs(), "type", sent.typ, "version", sent.version, "error", req.nack.GetMessage())
+		attrs := append(st.logAttrs(), "type", sent.typ, "version", sent.version, "error", ts.NackError)
 		s.mu.Unlock()
 		if first {
 			s.m.nacks.WithLabelValues(sent.typ).Inc()
@@ -597,6 +652,30 @@ func (s *Server) onRequest(key streamKey, node *corev3.Node, req request) error 
 	}
 	return nil
 }
+
+// checkRequest refuses, and ends the stream of, a request for a type
+// meshd does not serve or with more names than a stream may hold (see
+// limits.go). Called with mu held.
+func (s *Server) checkRequest(st *stream, req request) error {
+	var err error
+	reason := "too_many_names"
+	switch {
+	case req.carriesTooMany():
+		err = errTooManyNames
+	case shortTypes[req.typeURL] == "":
+		reason = "unknown_type"
+		err = status.Errorf(codes.InvalidArgument, "minimesh does not serve type %q; it serves %s", clip.String(req.typeURL), servedTypes)
+	default:
+		return nil
+	}
+	st.refused = err
+	s.m.rejected.WithLabelValues(reason).Inc()
+	s.log.Warn("refused an xDS stream", append(st.logAttrs(), "peer", st.peer, "type", clip.String(req.typeURL), "error", err)...)
+	return err
+}
+
+// servedTypes lists the type URLs meshd serves, for errors.
+var servedTypes = strings.Join(slices.Sorted(maps.Keys(shortTypes)), ", ")
 
 // noteClaim records what a request says the proxy already holds, so that a
 // proxy resuming after a reconnect or a meshd restart shows as SYNCED when
@@ -725,7 +804,7 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	refuse := func(reason string, err error) error {
 		st.refused = refusal(err)
 		s.m.rejected.WithLabelValues(reason).Inc()
-		s.log.Warn("refused an xDS stream", "peer", st.peer, "node", node.GetId(), "error", err)
+		s.log.Warn("refused an xDS stream", "peer", st.peer, "node", clip.String(node.GetId()), "error", err)
 		return st.refused
 	}
 	if node.GetId() == "" {
@@ -734,6 +813,10 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	id, err := auth.ParseNodeID(node.GetId())
 	if err != nil {
 		return refuse("node_id", err)
+	}
+	if cd := s.opts.Translate.ClusterDomain; id.ClusterDomain() != cd {
+		return refuse("node_id", fmt.Errorf("%w %q: its DNS domain %q is in cluster domain %q, but this mesh's cluster domain is %q; set the node ID's last part to %s.svc.%s",
+			auth.ErrBadNodeID, clip.String(node.GetId()), clip.String(id.DNSDomain), clip.String(id.ClusterDomain()), cd, id.Namespace, cd))
 	}
 	// Check as much as is known now, so a mismatch ends the stream at its
 	// first request: the namespace always, the service account when
@@ -745,6 +828,7 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 			podSA = w.ServiceAccount
 		}
 	}
+	reason := waitReason(s.model, id)
 	as, err := auth.Authorize(st.identity, id, podSA)
 	if err != nil && !errors.Is(err, auth.ErrPodUnknown) {
 		return refuse("permission_denied", err)
@@ -756,13 +840,13 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	n := s.nodes[node.GetId()]
 	switch {
 	case n == nil:
-		n = &nodeState{id: node.GetId(), parsed: id, flavor: flavor, streams: map[streamKey]*stream{}, waiting: true}
+		n = &nodeState{id: node.GetId(), parsed: id, flavor: flavor, streams: map[streamKey]*stream{}, waiting: true, waitReason: reason}
 		s.nodes[n.id] = n
 	case !n.live():
 		// Back within the grace period: only the certificate survived.
 		n.keepUntil = time.Time{}
 		n.flavor = flavor
-		n.waiting = true
+		n.waiting, n.waitReason = true, reason
 	case n.flavor != flavor:
 		s.log.Warn("a stream declares another flavour than the node's other streams; the node keeps its first flavour",
 			"node", n.id, "flavor", n.flavor, "stream_flavor", flavor)
@@ -775,6 +859,21 @@ func (s *Server) bind(st *stream, node *corev3.Node) error {
 	st.node = n
 	s.log.Info("proxy stream connected", append(st.logAttrs(), "peer", st.peer, "flavor", n.flavor, "identity", st.identity.String(), "streams", len(n.streams))...)
 	return nil
+}
+
+// waitReason says why a node of pod id has no configuration yet, as
+// syncz and meshctl proxy-status show it: discovery has delivered no model
+// yet, or its model has no such pod. When the pod is there, the node
+// waits only for the publish that is about to serve it.
+func waitReason(m *model.Snapshot, id auth.NodeID) string {
+	switch {
+	case m == nil:
+		return "meshd has no model of the mesh yet: discovery has not delivered its first snapshot"
+	case m.Workload(id.Namespace, id.Pod) == nil:
+		return fmt.Sprintf("pod %s/%s not found in the mesh", id.Namespace, id.Pod)
+	default:
+		return fmt.Sprintf("pod %s/%s found; its configuration is being published", id.Namespace, id.Pod)
+	}
 }
 
 // flavorOf reads the data-plane flavour from node metadata, as Istio does:
@@ -869,15 +968,23 @@ type goControlPlaneLogger struct{ log *slog.Logger }
 
 func (l goControlPlaneLogger) Debugf(f string, a ...any) { l.debug(f, a) }
 func (l goControlPlaneLogger) Infof(f string, a ...any)  { l.debug(f, a) }
-func (l goControlPlaneLogger) Warnf(f string, a ...any)  { l.log.Warn(fmt.Sprintf(f, a...)) }
-func (l goControlPlaneLogger) Errorf(f string, a ...any) { l.log.Error(fmt.Sprintf(f, a...)) }
+
+// Its lines may quote a request's names and node ID, which the client
+// chose: they are clipped to maxNackError.
+func (l goControlPlaneLogger) Warnf(f string, a ...any) {
+	l.log.Warn(clip.To(fmt.Sprintf(f, a...), maxNackError))
+}
+
+func (l goControlPlaneLogger) Errorf(f string, a ...any) {
+	l.log.Error(clip.To(fmt.Sprintf(f, a...), maxNackError))
+}
 
 // debug formats only when Debug is on: go-control-plane logs a line per
 // watch it answers, and formatting a thousand of them cost a tenth of a
 // second of CPU on every push to a thousand proxies.
 func (l goControlPlaneLogger) debug(f string, a []any) {
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
-		l.log.Debug(fmt.Sprintf(f, a...))
+		l.log.Debug(clip.To(fmt.Sprintf(f, a...), maxNackError))
 	}
 }
 

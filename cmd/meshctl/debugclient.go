@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -35,15 +37,48 @@ const debugTimeout = 15 * time.Second
 // pointing at something that streams forever cannot exhaust memory.
 const maxDebugBody = 256 << 20
 
+// tokenEnv names the environment variable that may hold the bearer token
+// for meshd's debug API, when --token-file is not given.
+const tokenEnv = "MESHCTL_TOKEN"
+
+// debugFlags are the flags of every command that reads meshd's debug API.
+type debugFlags struct {
+	meshd, tokenFile string
+}
+
+func (d *debugFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&d.meshd, "meshd", defaultMeshd, "meshd's monitoring address (its --monitoring-addr)")
+	fs.StringVar(&d.tokenFile, "token-file", "", "file holding a bearer token for meshd's debug API, needed when meshd checks who reads it "+
+		"(--debug-auth; in Kubernetes: kubectl create token ..., for an account bound to minimesh-debug-reader); default: $"+tokenEnv)
+}
+
+// client returns a debug client with the token of --token-file, or of
+// $MESHCTL_TOKEN, if either is set.
+func (d *debugFlags) client() (*debugClient, error) {
+	token := os.Getenv(tokenEnv)
+	if d.tokenFile != "" {
+		b, err := os.ReadFile(d.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		if token = strings.TrimSpace(string(b)); token == "" {
+			return nil, fmt.Errorf("--token-file %s is empty", d.tokenFile)
+		}
+	}
+	return newDebugClient(d.meshd, strings.TrimSpace(token))
+}
+
 // debugClient reads meshd's debug API (see xds/debug.go).
 type debugClient struct {
-	base *url.URL
-	http *http.Client
+	base  *url.URL
+	http  *http.Client
+	token string // sent as a bearer token when not empty
 }
 
 // newDebugClient accepts "http://host:port", "host:port" or a URL with a
-// path prefix (when meshd sits behind a proxy).
-func newDebugClient(raw string) (*debugClient, error) {
+// path prefix (when meshd sits behind a proxy), and the bearer token to
+// send, if any.
+func newDebugClient(raw, token string) (*debugClient, error) {
 	if raw == "" {
 		return nil, errors.New("--meshd is empty; pass meshd's monitoring address, e.g. " + defaultMeshd)
 	}
@@ -60,7 +95,7 @@ func newDebugClient(raw string) (*debugClient, error) {
 	if u.Host == "" {
 		return nil, fmt.Errorf("--meshd %q names no host; pass e.g. %s", raw, defaultMeshd)
 	}
-	return &debugClient{base: u, http: &http.Client{Timeout: debugTimeout}}, nil
+	return &debugClient{base: u, http: &http.Client{Timeout: debugTimeout}, token: token}, nil
 }
 
 // get fetches one debug path and returns the body of a 200 answer.
@@ -71,6 +106,9 @@ func (c *debugClient) get(ctx context.Context, path string, query url.Values) ([
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("building the request for %s: %w", u.String(), err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -86,7 +124,14 @@ func (c *debugClient) get(ctx context.Context, path string, query url.Values) ([
 		if len(msg) > 500 {
 			msg = msg[:500] + "..."
 		}
-		return nil, fmt.Errorf("meshd answered %s for %s: %s", resp.Status, path, msg)
+		hint := ""
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && c.token == "":
+			hint = "; meshd checks who reads its debug API: pass a token with --token-file or $" + tokenEnv
+		case resp.StatusCode == http.StatusForbidden:
+			hint = "; the token's user needs get on /debug/* (ClusterRole minimesh-debug-reader)"
+		}
+		return nil, fmt.Errorf("meshd answered %s for %s: %s%s", resp.Status, path, msg, hint)
 	}
 	return body, nil
 }

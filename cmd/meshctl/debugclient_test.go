@@ -182,7 +182,7 @@ func TestNewDebugClient(t *testing.T) {
 		{in: "http://", wantErr: "names no host"},
 	}
 	for _, tt := range tests {
-		c, err := newDebugClient(tt.in)
+		c, err := newDebugClient(tt.in, "")
 		switch {
 		case tt.wantErr != "":
 			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(tt.wantErr)) {

@@ -71,7 +71,7 @@ type proxyConfigOptions struct {
 	name      string
 	direction string
 	output    string
-	meshd     string
+	debug     debugFlags
 	namespace string
 }
 
@@ -97,7 +97,7 @@ func runProxyConfig(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.direction, "direction", "", "only clusters of this direction: inbound or outbound")
 	fs.StringVar(&o.output, "o", formatTable, "output format: table, json or yaml")
 	fs.StringVar(&o.namespace, "namespace", "", "namespace of the pod (default: the part after the last dot of the pod argument, else \"default\")")
-	fs.StringVar(&o.meshd, "meshd", defaultMeshd, "meshd's monitoring address (its --monitoring-addr)")
+	o.debug.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), proxyConfigUsage)
 		fs.PrintDefaults()
@@ -131,7 +131,7 @@ func runProxyConfig(args []string, stdout, stderr io.Writer) int {
 	if o.port > 65535 {
 		return fail(exitUsage, "--port %d is not a port number (1-65535)", o.port)
 	}
-	client, err := newDebugClient(o.meshd)
+	client, err := o.debug.client()
 	if err != nil {
 		return fail(exitUsage, "%v", err)
 	}
@@ -175,7 +175,7 @@ func printProxyNotes(w io.Writer, st xds.SyncStatus, p xds.ProxyStatus) {
 		fmt.Fprintf(w, "warning: meshd refused proxy %s: %s\n", name, p.Refused)
 	}
 	if p.Waiting {
-		fmt.Fprintf(w, "note: proxy %s is waiting: meshd does not know its pod yet, so it has no configuration\n", name)
+		fmt.Fprintf(w, "note: proxy %s is waiting (%s), so it has no configuration\n", name, waitReason(p))
 	}
 	if g, ok := groupOf(st, p); ok {
 		if g.Error != "" {

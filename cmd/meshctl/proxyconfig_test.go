@@ -108,7 +108,7 @@ func TestProxyConfigNotes(t *testing.T) {
 		t.Errorf("NACKing proxy: stderr lacks the NACK:\n%s", stderr)
 	}
 	code, stdout, stderr := m.meshctl("proxy-config", "clusters", "ghost-0")
-	if code != exitOK || !strings.Contains(stderr, "proxy ghost-0.default is waiting") || strings.Count(stdout, "\n") != 1 {
+	if code != exitOK || !strings.Contains(stderr, "proxy ghost-0.default is waiting (pod default/ghost-0 not found in the mesh)") || strings.Count(stdout, "\n") != 1 {
 		t.Errorf("waiting proxy: exit %d, stdout %q, stderr %q; want 0, only the header, and a note", code, stdout, stderr)
 	}
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/minimesh/minimesh/xds"
 )
 
-const proxyStatusUsage = `Usage: meshctl proxy-status [--meshd URL]
+const proxyStatusUsage = `Usage: meshctl proxy-status [--meshd URL] [--token-file FILE]
 
 Lists every proxy connected to meshd, like 'istioctl proxy-status':
 
@@ -28,11 +28,16 @@ Lists every proxy connected to meshd, like 'istioctl proxy-status':
            -         the proxy has not asked for this type
            WAITING   meshd does not know the proxy's pod yet; the stream
                      stays open and configuration follows when it does
+                     (the reason is listed below)
   VERSION  a digest of the CDS, LDS, RDS and EDS versions meshd serves the
            proxy: proxies that show the same VERSION hold the same config
 
-Refused streams, NACK errors and groups whose latest configuration could not
-be published are listed below the table. Exits 0 whenever meshd answered.
+Why a proxy waits, refused streams, NACK errors and groups whose latest
+configuration could not be published are listed below the table. Exits 0
+whenever meshd answered.
+
+When meshd checks who reads its debug API (--debug-auth), pass a bearer
+token with --token-file or $MESHCTL_TOKEN.
 
 Flags:
 `
@@ -41,10 +46,10 @@ Flags:
 var statusTypes = []string{"cds", "lds", "eds", "rds", "sds"}
 
 func runProxyStatus(args []string, stdout, stderr io.Writer) int {
-	var meshd string
+	var debug debugFlags
 	fs := flag.NewFlagSet(programName+" proxy-status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&meshd, "meshd", defaultMeshd, "meshd's monitoring address (its --monitoring-addr)")
+	debug.register(fs)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), proxyStatusUsage)
 		fs.PrintDefaults()
@@ -61,7 +66,7 @@ func runProxyStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s proxy-status: unexpected argument %q; it lists every proxy (use proxy-config for one)\n", programName, fs.Arg(0))
 		return exitUsage
 	}
-	client, err := newDebugClient(meshd)
+	client, err := debug.client()
 	if err != nil {
 		fmt.Fprintf(stderr, "%s proxy-status: %v\n", programName, err)
 		return exitUsage
@@ -118,6 +123,8 @@ func writeProxyStatus(w io.Writer, st xds.SyncStatus) error {
 		t.add(row...)
 		if p.Refused != "" {
 			notes = append(notes, fmt.Sprintf("%s REFUSED: %s", name, p.Refused))
+		} else if p.Waiting {
+			notes = append(notes, fmt.Sprintf("%s WAITING: %s", name, waitReason(p)))
 		}
 		if p.Certificate != nil && p.Certificate.Error != "" {
 			notes = append(notes, fmt.Sprintf("%s has no workload certificate: %s", name, p.Certificate.Error))
@@ -155,4 +162,13 @@ func configVersion(p xds.ProxyStatus) string {
 		return "-"
 	}
 	return hex.EncodeToString(h.Sum(nil)[:4])
+}
+
+// waitReason is why meshd keeps a proxy waiting; a meshd older than the
+// reason field says only that it waits for the pod.
+func waitReason(p xds.ProxyStatus) string {
+	if p.WaitReason != "" {
+		return p.WaitReason
+	}
+	return "meshd does not know its pod yet"
 }

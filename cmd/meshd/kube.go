@@ -55,9 +55,9 @@ func kubeRESTConfig(cfg serveConfig) (*rest.Config, error) {
 	return rc, nil
 }
 
-// kubeParts is what Kubernetes mode adds to meshd: the client, the
-// discovery source, the TokenReview authenticator, and the Event
-// broadcaster to stop.
+// kubeParts is what Kubernetes mode adds to meshd: the client (which also
+// checks debug API tokens and keeps the webhook's caBundle), the discovery
+// source, the TokenReview authenticator, and the Event broadcaster to stop.
 type kubeParts struct {
 	client kubernetes.Interface
 	source *kubesource.Source
@@ -115,7 +115,7 @@ func newKubeParts(ctx context.Context, cfg serveConfig, registry prometheus.Regi
 			log.With("component", "xds-auth"))
 	}
 	log.Info("kubernetes discovery", "server", rc.Host, "inCluster", cfg.InCluster,
-		"xdsAuth", cfg.XDSAuth, "tokenAudiences", cfg.XDSTokenAudiences)
+		"xdsAuth", cfg.XDSAuth, "tokenAudiences", cfg.XDSTokenAudiences, "debugAuth", cfg.DebugAuth)
 	return parts, nil
 }
 

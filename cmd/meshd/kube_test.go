@@ -21,17 +21,24 @@ import (
 	"github.com/minimesh/minimesh/xds/xdstest"
 )
 
-// writeSAKubeconfig writes a kubeconfig for env's API server that
-// authenticates as service account ns/name.
-func writeSAKubeconfig(t *testing.T, env *kubeenv.Env, ns, name string) string {
+// saToken requests a token of service account ns/name from env's API
+// server.
+func saToken(t *testing.T, env *kubeenv.Env, ns, name string) string {
 	t.Helper()
-	ctx := context.Background()
 	exp := int64(3600)
-	tok, err := env.Client().CoreV1().ServiceAccounts(ns).CreateToken(ctx, name,
+	tok, err := env.Client().CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), name,
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("request a token for %s/%s: %v", ns, name, err)
 	}
+	return tok.Status.Token
+}
+
+// writeSAKubeconfig writes a kubeconfig for env's API server that
+// authenticates as service account ns/name.
+func writeSAKubeconfig(t *testing.T, env *kubeenv.Env, ns, name string) string {
+	t.Helper()
+	token := saToken(t, env, ns, name)
 	rc := env.RESTConfig()
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -39,7 +46,7 @@ clusters: [{name: c, cluster: {server: %q, certificate-authority: %q}}]
 users: [{name: u, user: {token: %q}}]
 contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
-`, rc.Host, rc.CAFile, tok.Status.Token)
+`, rc.Host, rc.CAFile, token)
 	path := filepath.Join(t.TempDir(), "kubeconfig")
 	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
 		t.Fatal(err)
@@ -73,7 +80,8 @@ func httpGet(url string) (int, string) {
 // (and serve nothing) rather than publish an empty mesh, and become ready
 // with the whole mesh as soon as the RBAC in rbac.yaml is granted. It also
 // checks the wiring around the source: the invalid-objects metric in
-// meshd's registry and Events recorded as component minimesh.
+// meshd's registry, Events recorded as component minimesh, and the debug
+// API guarded by TokenReview and SubjectAccessReview.
 func TestServeKubernetesWaitsForLists(t *testing.T) {
 	env := kubeenv.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -187,6 +195,48 @@ subjects: [{kind: ServiceAccount, name: meshd, namespace: minimesh-system}]
 	if ev.Source.Component != "minimesh" || ev.Reason != kubesource.ReasonInvalidPolicy || !strings.Contains(ev.Message, "principals") {
 		t.Errorf("event from %q, reason %q, message %q; want from minimesh, reason %s, naming principals",
 			ev.Source.Component, ev.Reason, ev.Message, kubesource.ReasonInvalidPolicy)
+	}
+
+	// The debug API (default --debug-auth=kubernetes): a token reviewed
+	// by the API server, whose user rbac.yaml's minimesh-debug-reader
+	// lets get /debug/*.
+	if err := env.Apply(ctx, []byte(`
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader, namespace: minimesh-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: minimesh-debug-reader}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: minimesh-debug-reader}
+subjects: [{kind: ServiceAccount, name: reader, namespace: minimesh-system}]
+`), kubeenv.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, sa string
+		code     int
+	}{
+		{"no token", "", http.StatusUnauthorized},
+		{"meshd's own account, not a reader", "meshd", http.StatusForbidden},
+		{"an account bound to minimesh-debug-reader", "reader", http.StatusOK},
+	} {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+mon+"/debug/syncz", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.sa != "" {
+			req.Header.Set("Authorization", "Bearer "+saToken(t, env, "minimesh-system", tc.sa))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("/debug/syncz, %s: %d %q, want %d", tc.name, resp.StatusCode, body, tc.code)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/minimesh/minimesh/discovery"
 	"github.com/minimesh/minimesh/discovery/file"
@@ -31,6 +33,7 @@ import (
 	"github.com/minimesh/minimesh/xds"
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/debugauth"
 )
 
 // serveConfig is everything `meshd serve` was told on its command line,
@@ -77,6 +80,10 @@ type serveConfig struct {
 	// WebhookConfigName is the ValidatingWebhookConfiguration whose
 	// caBundle meshd keeps current; empty leaves it to someone else.
 	WebhookConfigName string
+	// DebugAuth is who may read /debug/* on MonitoringAddr: kubernetes,
+	// token (DebugTokenFile) or none.
+	DebugAuth      string
+	DebugTokenFile string
 }
 
 // parseServeFlags parses and checks the flags of `meshd serve`. It returns
@@ -115,6 +122,10 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 		"issued by the mesh CA: SERVICE.NAMESPACE.svc of meshd's Service, or the host of a url clientConfig")
 	fs.StringVar(&cfg.WebhookConfigName, "webhook-config-name", admission.DefaultConfigName, "ValidatingWebhookConfiguration whose caBundle meshd keeps equal to the mesh root "+
 		"(empty: leave it to someone else)")
+	fs.StringVar(&cfg.DebugAuth, "debug-auth", "", "who may read /debug/* on --monitoring-addr (it reveals the whole mesh; /metrics, /healthz and /readyz stay open): "+
+		"kubernetes (a bearer token checked with TokenReview, authorised with a SubjectAccessReview for get on the path; the default with --kubeconfig/--in-cluster), "+
+		"token (a bearer token listed in --debug-token-file) or none (anyone who can connect; the default with --config-dir, which then keeps --monitoring-addr on loopback)")
+	fs.StringVar(&cfg.DebugTokenFile, "debug-token-file", "", "with --debug-auth=token: file of bearer tokens that may read /debug/*, one a line")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: meshd serve --config-dir DIR [flags]\n"+
 			"       meshd serve --kubeconfig PATH | --in-cluster [flags]\n\n"+
@@ -206,7 +217,59 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if err := checkWebhook(&cfg, webhookHosts); err != nil {
 		return cfg, err
 	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "debug-auth" })
+	if err := checkDebugAuth(&cfg, explicit); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkDebugAuth picks and checks who may read the debug API: in
+// Kubernetes mode the API server decides, with the file source nobody is
+// asked but the API stays on loopback unless --debug-auth says otherwise.
+func checkDebugAuth(cfg *serveConfig, explicit bool) error {
+	if cfg.DebugAuth == "" {
+		cfg.DebugAuth = "none"
+		if cfg.kubeMode() {
+			cfg.DebugAuth = "kubernetes"
+		}
+	}
+	switch cfg.DebugAuth {
+	case "kubernetes":
+		if !cfg.kubeMode() {
+			return usagef("--debug-auth=kubernetes reviews tokens with the API server, so it needs --kubeconfig or --in-cluster; with --config-dir use --debug-auth=token")
+		}
+	case "token":
+		if cfg.DebugTokenFile == "" {
+			return usagef("--debug-auth=token needs --debug-token-file FILE (bearer tokens, one a line)")
+		}
+	case "none":
+		if !explicit && !loopback(cfg.MonitoringAddr) {
+			return usagef("--monitoring-addr %s is not a loopback address, and /debug/* on it reveals the whole mesh: "+
+				"pass --debug-auth=token with --debug-token-file FILE, or --debug-auth=none to serve it to anyone who can connect", cfg.MonitoringAddr)
+		}
+	default:
+		return usagef("--debug-auth %q is not one of kubernetes, token, none", cfg.DebugAuth)
+	}
+	if cfg.DebugTokenFile != "" && cfg.DebugAuth != "token" {
+		return usagef("--debug-token-file is only read with --debug-auth=token, not %s", cfg.DebugAuth)
+	}
+	return nil
+}
+
+// loopback reports whether host:port addr listens on loopback only. An
+// empty host (every interface) or a name other than localhost is not.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // checkSource checks that exactly one discovery source was chosen.
@@ -273,6 +336,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var src discovery.Source
 	var kube *kubeParts
 	var authn auth.Authenticator = auth.None{}
+	var debugClient kubernetes.Interface
 	// The source reports changes as it sees them to the xDS server's
 	// debounce; the server is made below, and a change seen before that
 	// (none is: sources start in Run) would find nobody to tell.
@@ -288,7 +352,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer kube.stop()
-		src = kube.source
+		src, debugClient = kube.source, kube.client
 		if kube.authn != nil {
 			authn = kube.authn
 		}
@@ -356,6 +420,12 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		handler = withPprof(handler)
 		log.Warn("serving Go's profiler at /debug/pprof/; it exposes memory contents, keep --monitoring-addr private")
 	}
+	handler, err = guardDebug(handler, cfg, debugClient, log)
+	if err != nil {
+		xdsLis.Close()
+		monLis.Close()
+		return err
+	}
 	mon := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	workers := 3
 	errs := make(chan error, 4)
@@ -402,6 +472,31 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("meshd stopped")
 	return first
+}
+
+// guardDebug puts the --debug-auth check in front of the monitoring
+// handler (see debugauth.Guard: everything but /metrics, /healthz and
+// /readyz). client is the Kubernetes client, in Kubernetes mode.
+func guardDebug(h http.Handler, cfg serveConfig, client kubernetes.Interface, log *slog.Logger) (http.Handler, error) {
+	log = log.With("component", "debug-auth")
+	switch cfg.DebugAuth {
+	case "kubernetes":
+		log.Info("the debug API needs a bearer token whose user may get /debug/* (ClusterRole minimesh-debug-reader)")
+		return debugauth.Guard(h, debugauth.NewKubernetes(client), log), nil
+	case "token":
+		tokens, err := debugauth.LoadTokens(cfg.DebugTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("loading --debug-token-file: %w", err)
+		}
+		log.Info("the debug API needs a bearer token from --debug-token-file", "file", cfg.DebugTokenFile)
+		return debugauth.Guard(h, tokens, log), nil
+	}
+	if loopback(cfg.MonitoringAddr) {
+		log.Info("the debug API is open to local processes (--debug-auth=none on a loopback address)", "addr", cfg.MonitoringAddr)
+	} else {
+		log.Warn("the debug API is open to anyone who can connect (--debug-auth=none on a non-loopback address): it reveals the whole mesh", "addr", cfg.MonitoringAddr)
+	}
+	return h, nil
 }
 
 // defaultCADir is where the root lives when --ca-dir is not given: stable

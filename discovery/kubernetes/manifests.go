@@ -28,7 +28,9 @@ func CRDs() []byte {
 	return out.Bytes()
 }
 
-// RBAC returns the ClusterRole meshd needs (rbac.yaml): read access to
-// what discovery watches, Events, TokenReviews, and the caBundle of its
-// ValidatingWebhookConfiguration (see package admission).
+// RBAC returns the ClusterRoles of rbac.yaml: minimesh-meshd, what meshd
+// needs (read access to what discovery watches, Events, TokenReviews,
+// SubjectAccessReviews, and the caBundle of its
+// ValidatingWebhookConfiguration, see package admission), and
+// minimesh-debug-reader, who may read meshd's debug API.
 func RBAC() []byte { return bytes.Clone(rbac) }

@@ -21,6 +21,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // Error classes. Every error from this package wraps exactly one of them.
@@ -106,7 +108,7 @@ func BearerToken(ctx context.Context) (string, error) {
 		if !found {
 			return "", fmt.Errorf("%w: the authorization header has no scheme; %s", ErrUnauthenticated, want)
 		}
-		return "", fmt.Errorf("%w: the authorization header uses scheme %q; %s", ErrUnauthenticated, scheme, want)
+		return "", fmt.Errorf("%w: the authorization header uses scheme %q; %s", ErrUnauthenticated, clip.String(scheme), want)
 	}
 	token = strings.TrimSpace(token)
 	if token == "" {

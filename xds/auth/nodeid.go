@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // NodeTypeSidecar is the only node type minimesh serves. Proxyless gRPC
@@ -15,7 +16,7 @@ const NodeTypeSidecar = "sidecar"
 // nodeIDForm is quoted in every parse error so a user sees what to send.
 const nodeIDForm = "sidecar~<pod IP>~<pod>.<namespace>~<namespace>.svc.cluster.local"
 
-// maxNodeIDLen bounds what is parsed and echoed back in errors; real node
+// maxNodeIDLen bounds what is parsed (errors quote it clipped); real node
 // IDs are well under it.
 const maxNodeIDLen = 1024
 
@@ -51,7 +52,7 @@ func (n NodeID) String() string {
 // which part is wrong and what form is expected.
 func ParseNodeID(id string) (NodeID, error) {
 	fail := func(format string, args ...any) (NodeID, error) {
-		return NodeID{}, fmt.Errorf("%w %q: %s; expected %s", ErrBadNodeID, id, fmt.Sprintf(format, args...), nodeIDForm)
+		return NodeID{}, fmt.Errorf("%w %q: %s; expected %s", ErrBadNodeID, clip.String(id), fmt.Sprintf(format, args...), nodeIDForm)
 	}
 	if len(id) > maxNodeIDLen {
 		return NodeID{}, fmt.Errorf("%w: it is %d bytes long, more than %d; expected %s", ErrBadNodeID, len(id), maxNodeIDLen, nodeIDForm)
@@ -65,27 +66,30 @@ func ParseNodeID(id string) (NodeID, error) {
 	}
 	typ, ipText, podNS, domain := parts[0], parts[1], parts[2], parts[3]
 	if typ != NodeTypeSidecar {
-		return fail("node type %q is not supported; minimesh serves sidecars and proxyless gRPC, both of type %q", typ, NodeTypeSidecar)
+		return fail("node type %q is not supported; minimesh serves sidecars and proxyless gRPC, both of type %q", clip.String(typ), NodeTypeSidecar)
 	}
 	ip, err := netip.ParseAddr(ipText)
 	if err != nil {
-		return fail("%q is not an IP address", ipText)
+		return fail("%q is not an IP address", clip.String(ipText))
 	}
 	if ip.Zone() != "" {
-		return fail("IP address %q has a zone, which a pod IP never has", ipText)
+		return fail("IP address %q has a zone, which a pod IP never has", clip.String(ipText))
 	}
 	// Pod names may contain dots, namespaces may not: the namespace is
 	// whatever follows the last dot.
 	dot := strings.LastIndexByte(podNS, '.')
 	if dot < 0 {
-		return fail("%q is not <pod>.<namespace>", podNS)
+		return fail("%q is not <pod>.<namespace>", clip.String(podNS))
 	}
 	pod, ns := podNS[:dot], podNS[dot+1:]
 	if pod == "" {
-		return fail("the pod name before %q is empty", "."+ns)
+		return fail("the pod name before %q is empty", clip.String("."+ns))
 	}
 	if err := checkName(pod); err != nil {
-		return fail("pod name %q %s", pod, err)
+		return fail("pod name %q %s", clip.String(pod), err)
+	}
+	if len(ns) > clip.Max {
+		return fail("namespace %q is longer than a namespace can be (63 characters)", clip.String(ns))
 	}
 	if err := ca.ValidateNamespace(ns); err != nil {
 		return fail("%s", err)
@@ -94,9 +98,21 @@ func ParseNodeID(id string) (NodeID, error) {
 		return fail("the DNS domain after the last '~' is empty")
 	}
 	if err := checkName(domain); err != nil {
-		return fail("DNS domain %q %s", domain, err)
+		return fail("DNS domain %q %s", clip.String(domain), err)
+	}
+	// Istio's proxies put their pod's namespace in the domain too: one
+	// that names another namespace is not a proxy of this pod.
+	cluster, ok := strings.CutPrefix(domain, ns+".svc.")
+	if !ok || cluster == "" || strings.HasPrefix(cluster, ".") || strings.HasSuffix(cluster, ".") {
+		return fail("DNS domain %q is not %s.svc.<cluster domain>, the namespace's", clip.String(domain), ns)
 	}
 	return NodeID{Type: typ, IP: ip.String(), Pod: pod, Namespace: ns, DNSDomain: domain}, nil
+}
+
+// ClusterDomain is the cluster's DNS suffix, the part of the DNS domain
+// after "<namespace>.svc.".
+func (n NodeID) ClusterDomain() string {
+	return strings.TrimPrefix(n.DNSDomain, n.Namespace+".svc.")
 }
 
 // checkName accepts the characters of a DNS subdomain. It is deliberately

@@ -39,6 +39,12 @@ func TestParseNodeID(t *testing.T) {
 		{id: "sidecar~10.0.0.1~web.default~", wantErr: "DNS domain after the last '~' is empty"},
 		{id: "sidecar~10.0.0.1~web.default~default svc", wantErr: `DNS domain "default svc" contains ' '`},
 		{id: "sidecar~10.0.0.1~" + strings.Repeat("a", 2000) + ".default~d", wantErr: "bytes long"},
+		// The domain is the namespace's, in some cluster domain.
+		{id: "sidecar~10.0.0.1~web.default~other.svc.cluster.local", wantErr: `DNS domain "other.svc.cluster.local" is not default.svc.<cluster domain>`},
+		{id: "sidecar~10.0.0.1~web.default~default.cluster.local", wantErr: `is not default.svc.<cluster domain>`},
+		{id: "sidecar~10.0.0.1~web.default~default.svc.", wantErr: `is not default.svc.<cluster domain>`},
+		{id: "sidecar~10.0.0.1~web.default~default.svc", wantErr: `is not default.svc.<cluster domain>`},
+		{id: "sidecar~10.0.0.1~web.default~default.svc..local", wantErr: `is not default.svc.<cluster domain>`},
 	}
 	for _, tt := range tests {
 		name := tt.id
@@ -82,5 +88,8 @@ func TestSidecarNodeID(t *testing.T) {
 	}
 	if parsed, err := ParseNodeID(want); err != nil || parsed != n {
 		t.Fatalf("ParseNodeID(%q) = %+v, %v; want %+v", want, parsed, err, n)
+	}
+	if got := n.ClusterDomain(); got != "cluster.local" {
+		t.Errorf("ClusterDomain = %q, want cluster.local", got)
 	}
 }

@@ -104,7 +104,8 @@ func (s *StaticTokens) Authenticate(_ context.Context, token string) (Identity, 
 	}
 	id, ok := s.byDigest[sha256.Sum256([]byte(token))]
 	if !ok {
-		return Identity{}, fmt.Errorf("%w: the bearer token is not listed in %s", ErrUnauthenticated, s.source)
+		// Not the file's path: the error goes to the client.
+		return Identity{}, fmt.Errorf("%w: the bearer token is not listed in meshd's token file", ErrUnauthenticated)
 	}
 	return id, nil
 }
