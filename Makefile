@@ -73,6 +73,27 @@ race: race-tools ## The xDS server's and translation's tests under the race dete
 		echo "the race-detector run (make race): no C compiler here, and none could be installed" | tee $(BIN)/skipped-steps; \
 	fi
 
+# The cases of discovery/file that need a file this user cannot read: root
+# reads everything, so as root they run again as user nobody (setpriv,
+# from util-linux), from a test binary built as root.
+UNPRIVILEGED_TESTS := TestBadInputAgree|TestSourceKeepsFilesThatBecomeUnusable
+
+.PHONY: unprivileged
+unprivileged: ## As root: the unreadable-file cases of discovery/file, run as user nobody.
+	@mkdir -p $(BIN)
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make unprivileged: not root, so the main run already checks unreadable files"; \
+	elif ! command -v setpriv >/dev/null 2>&1; then \
+		echo "the unreadable-file cases as user nobody (make unprivileged): no setpriv here" | tee -a $(BIN)/skipped-steps; \
+	else \
+		$(GO) test -c -o $(BIN)/file.test ./discovery/file && \
+		tmp=$$(mktemp -d) && chmod 1777 "$$tmp" && \
+		(cd discovery/file && TMPDIR="$$tmp" setpriv --reuid=65534 --regid=65534 --clear-groups \
+			../../$(BIN)/file.test -test.count=1 -test.v -test.run '$(UNPRIVILEGED_TESTS)' | \
+			grep -E '^(=== RUN|--- |ok|PASS|FAIL)|SKIP' ); status=$${PIPESTATUS[0]}; \
+		rm -rf "$$tmp"; exit $$status; \
+	fi
+
 .PHONY: unit
 unit: ## Unit and golden tests only (no e2e).
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
@@ -82,7 +103,7 @@ e2e: build kube-bins netns-tools ## End-to-end tests (real meshd, real gRPC-Go x
 	$(GO) test -count=1 -v ./e2e/...
 
 .PHONY: test
-test: fmt-check vet lint kube-bins netns-tools race ## Everything CI runs: gofmt, vet, lint, the race run, unit, golden and e2e tests.
+test: fmt-check vet lint kube-bins netns-tools race unprivileged ## Everything CI runs: gofmt, vet, lint, the race run, unit, golden and e2e tests.
 	@# e2e/testreport prints each package, every failure in full, and every
 	@# SKIPPED test with its reason (the real-Envoy test skips without an
 	@# envoy binary on PATH; a skip is never a pass).

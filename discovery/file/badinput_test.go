@@ -274,7 +274,7 @@ func unreadable(t *testing.T, path string) error {
 		_, err = os.ReadFile(path)
 	}
 	if err == nil {
-		return fmt.Errorf("%w: mode 000 does not stop this user from reading (root?)", errCannotMake)
+		return fmt.Errorf("%w: mode 000 does not stop this user from reading (root?); make test runs it again as user nobody (make unprivileged)", errCannotMake)
 	}
 	return nil
 }
