@@ -109,8 +109,8 @@ func inboundPorts(snap *model.Snapshot, proxy Proxy) []inboundPort {
 				continue
 			}
 			seen[target] = true
-			http, h2 := portProtocol(sp)
-			ports = append(ports, inboundPort{target: target, http: http, h2: h2})
+			proto := PortProtocol(sp)
+			ports = append(ports, inboundPort{target: target, http: proto.IsHTTP(), h2: proto == ProtocolHTTP2})
 		}
 	}
 	slices.SortFunc(ports, func(a, b inboundPort) int { return cmp.Compare(a.target, b.target) })
@@ -221,7 +221,8 @@ func (t *envoyTranslation) outbound() {
 				})
 				continue
 			}
-			http, h2 := portProtocol(sp)
+			proto := PortProtocol(sp)
+			http, h2 := proto.IsHTTP(), proto == ProtocolHTTP2
 			name := OutboundClusterName(port, fqdn)
 			eps := t.snap.EndpointsFor(s.Namespace, s.Name, sp.Port)
 			var endpoints []model.Endpoint
@@ -341,31 +342,6 @@ func canonicalize(r *Resources) {
 	})
 	slices.SortFunc(r.Problems, func(a, b policy.Problem) int { return cmp.Compare(a.Error(), b.Error()) })
 	r.Problems = slices.CompactFunc(r.Problems, func(a, b policy.Problem) bool { return a == b })
-}
-
-// portProtocol reports whether a service port carries HTTP and whether that
-// HTTP is HTTP/2, from appProtocol or else Istio's port-name prefixes
-// (http, http2, grpc, grpc-web, alone or followed by "-").
-func portProtocol(sp model.ServicePort) (http, h2 bool) {
-	if ap := strings.ToLower(sp.AppProtocol); ap != "" {
-		switch ap {
-		case "http", "grpc-web":
-			return true, false
-		case "http2", "grpc", "kubernetes.io/h2c":
-			return true, true
-		default:
-			return false, false
-		}
-	}
-	name := strings.ToLower(sp.Name)
-	has := func(p string) bool { return name == p || strings.HasPrefix(name, p+"-") }
-	switch {
-	case has("grpc-web"), has("http"):
-		return true, false
-	case has("http2"), has("grpc"):
-		return true, true
-	}
-	return false, false
 }
 
 // isTCP reports whether a service port is TCP (Kubernetes' default); Envoy
