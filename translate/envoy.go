@@ -67,8 +67,8 @@ type envoyTranslation struct {
 // inboundPort is one port the workload serves, from the services
 // selecting it.
 type inboundPort struct {
-	target   uint32
-	http, h2 bool
+	target uint32
+	proto  Protocol
 }
 
 // inboundPorts are the target ports of the services in the proxy's
@@ -109,8 +109,7 @@ func inboundPorts(snap *model.Snapshot, proxy Proxy) []inboundPort {
 				continue
 			}
 			seen[target] = true
-			proto := PortProtocol(sp)
-			ports = append(ports, inboundPort{target: target, http: proto.IsHTTP(), h2: proto == ProtocolHTTP2})
+			ports = append(ports, inboundPort{target: target, proto: PortProtocol(sp)})
 		}
 	}
 	slices.SortFunc(ports, func(a, b inboundPort) int { return cmp.Compare(a.target, b.target) })
@@ -133,7 +132,8 @@ func (t *envoyTranslation) inbound() {
 	httpRBAC, rbacProblems := buildRBAC(authz, authzScope{issuers: issuers})
 	t.res.Problems = append(t.res.Problems, rbacProblems...)
 	var httpFilters []*hcmv3.HttpFilter
-	anyHTTP := slices.ContainsFunc(ports, func(p inboundPort) bool { return p.http })
+	// A port of unknown protocol has HTTP chains too.
+	anyHTTP := slices.ContainsFunc(ports, func(p inboundPort) bool { return p.proto != ProtocolTCP })
 	if anyHTTP {
 		// RequestAuthentication only applies to HTTP, as in Istio.
 		t.res.Problems = append(t.res.Problems, jwtProblems...)
@@ -147,25 +147,28 @@ func (t *envoyTranslation) inbound() {
 	for _, port := range ports {
 		mode := peer.ForPort(port.target)
 		cluster := InboundClusterName(port.target)
+		specs := inboundChainSpecs(mode, port.proto)
 		var tcpFilters []*listenerv3.Filter
-		if !port.http {
-			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target})
+		if slices.ContainsFunc(specs, func(s chainSpec) bool { return !s.http }) {
+			// On a sniffed port this is for connections not detected as
+			// HTTP: HTTP-only fields fail closed there, as on TCP ports.
+			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target, sniffed: port.proto == ProtocolUnknown})
 			t.res.Problems = append(t.res.Problems, problems...)
 			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster))
 		}
-		for _, tls := range chainKinds(mode) {
-			c := inboundChain{port: port.target, tls: tls, http: port.http, filters: tcpFilters}
-			if port.http {
+		for _, s := range specs {
+			c := inboundChain{port: port.target, spec: s, filters: tcpFilters}
+			if s.http {
 				c.filters = []*listenerv3.Filter{HTTPConnectionManager(hcmConfig{
 					statPrefix:  "inbound_0.0.0.0_" + RouteName(port.target),
 					routeConfig: InboundRouteConfiguration(port.target),
 					filters:     httpFilters,
-					mtls:        tls,
+					mtls:        s.mtls,
 				})}
 			}
 			chains = append(chains, c)
 		}
-		t.res.Clusters = append(t.res.Clusters, InboundCluster(port.target, port.h2))
+		t.res.Clusters = append(t.res.Clusters, InboundCluster(port.target, port.proto))
 	}
 
 	// Ports no service declares still reach the application, under the
@@ -174,24 +177,10 @@ func (t *envoyTranslation) inbound() {
 	// carries no HTTP minimesh knows of).
 	passthroughRBAC, _ := buildRBAC(authz, authzScope{issuers: issuers, tcp: true})
 	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster))
-	for _, tls := range chainKinds(peer.Mode) {
-		chains = append(chains, inboundChain{tls: tls, filters: passthroughFilters})
+	for _, s := range inboundChainSpecs(peer.Mode, ProtocolTCP) {
+		chains = append(chains, inboundChain{spec: s, filters: passthroughFilters})
 	}
 	t.res.Listeners = append(t.res.Listeners, VirtualInboundListener(chains, t.opts.TrustDomain))
-}
-
-// chainKinds lists which chains a port gets: true for the mTLS chain,
-// false for the plaintext one. UNSET never reaches here (the policy package
-// resolves it), but is treated as PERMISSIVE, Istio's default.
-func chainKinds(mode policy.MTLSMode) []bool {
-	switch mode {
-	case policy.ModeStrict:
-		return []bool{true}
-	case policy.ModeDisable:
-		return []bool{false}
-	default:
-		return []bool{true, false}
-	}
 }
 
 func (t *envoyTranslation) outbound() {

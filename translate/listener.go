@@ -1,14 +1,18 @@
 package translate
 
 import (
+	"slices"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -20,20 +24,21 @@ const (
 )
 
 // inboundChain is one filter chain of virtualInbound before it becomes a
-// proto: which port (0 for any port no service declares), whether it
-// terminates mTLS, and its network filters.
+// proto: which port (0 for any port no service declares), what it matches
+// and does (chainSpec), and its network filters.
 type inboundChain struct {
 	port    uint32
-	tls     bool
-	http    bool
+	spec    chainSpec
 	filters []*listenerv3.Filter
 }
 
 // VirtualInboundListener receives all inbound traffic redirected to 15006.
 // original_dst restores the address the caller dialled so chains can match
-// on destination_port; tls_inspector is added only when a chain matches on
-// transport_protocol "tls" (it must read the ClientHello first), and
-// http_inspector never, because no chain matches on application protocol.
+// on destination_port. tls_inspector reads the ClientHello (transport
+// protocol and ALPN) when a chain matches TLS; http_inspector reads the
+// first bytes of plaintext connections to ports whose protocol is sniffed
+// (and is disabled on every other port, so server-first protocols there
+// never wait for it), reporting "http/1.1" or "h2c" as application protocol.
 func VirtualInboundListener(chains []inboundChain, trustDomain string) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             VirtualInboundListenerName,
@@ -49,19 +54,27 @@ func VirtualInboundListener(chains []inboundChain, trustDomain string) *listener
 		ContinueOnListenerFiltersTimeout: true,
 	}
 	anyTLS := false
+	var sniffed []uint32
 	for _, c := range chains {
 		fc := &listenerv3.FilterChain{
-			Name:             inboundChainName(c.port, c.tls),
-			FilterChainMatch: &listenerv3.FilterChainMatch{TransportProtocol: transportPlaintext},
-			Filters:          c.filters,
+			Name: inboundChainName(c.port, c.spec.kind),
+			FilterChainMatch: &listenerv3.FilterChainMatch{
+				TransportProtocol:    c.spec.transport,
+				ApplicationProtocols: c.spec.alpn,
+			},
+			Filters: c.filters,
 		}
 		if c.port != 0 {
 			fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(c.port)
 		}
-		if c.tls {
+		if c.spec.transport == transportTLS {
 			anyTLS = true
-			fc.FilterChainMatch.TransportProtocol = transportTLS
-			fc.TransportSocket = DownstreamMTLS(trustDomain, c.http)
+		}
+		if c.spec.transport == transportPlaintext && len(c.spec.alpn) > 0 && !slices.Contains(sniffed, c.port) {
+			sniffed = append(sniffed, c.port)
+		}
+		if c.spec.mtls {
+			fc.TransportSocket = DownstreamMTLS(trustDomain, c.spec.http)
 		}
 		l.FilterChains = append(l.FilterChains, fc)
 	}
@@ -71,7 +84,39 @@ func VirtualInboundListener(chains []inboundChain, trustDomain string) *listener
 			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
 		})
 	}
+	if len(sniffed) > 0 {
+		f := httpInspector()
+		f.FilterDisabled = &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_NotMatch{
+			NotMatch: destinationPorts(sniffed),
+		}}
+		l.ListenerFilters = append(l.ListenerFilters, f)
+	}
 	return l
+}
+
+func httpInspector() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       wellknown.HttpInspector,
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspectorv3.HttpInspector{})},
+	}
+}
+
+// destinationPorts matches connections to any of ports (none is 0).
+func destinationPorts(ports []uint32) *listenerv3.ListenerFilterChainMatchPredicate {
+	var rules []*listenerv3.ListenerFilterChainMatchPredicate
+	for _, p := range ports {
+		rules = append(rules, &listenerv3.ListenerFilterChainMatchPredicate{
+			Rule: &listenerv3.ListenerFilterChainMatchPredicate_DestinationPortRange{
+				DestinationPortRange: &typev3.Int32Range{Start: int32(p), End: int32(p) + 1},
+			},
+		})
+	}
+	if len(rules) == 1 {
+		return rules[0] // an or_match needs two rules
+	}
+	return &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_OrMatch{
+		OrMatch: &listenerv3.ListenerFilterChainMatchPredicate_MatchSet{Rules: rules},
+	}}
 }
 
 // VirtualOutboundListener receives all outbound traffic redirected to 15001

@@ -50,9 +50,12 @@ import (
 //	JWT token deny        ns[<ns>]-requestauth[<name>]-jwt[<i>]  DENY policy standing in for an unverifiable JWT rule
 //
 // Inbound filter chains are named after the cluster they feed, with the kind
-// of traffic they accept appended ("inbound|8080||mtls",
-// "inbound|8080||plaintext"), because Envoy requires filter-chain names to be
-// unique within a listener and one port has up to two chains.
+// of traffic they accept appended, because Envoy requires filter-chain names
+// to be unique within a listener and one port has up to five chains:
+// "inbound|8080||mtls" (mesh mTLS, terminated), "inbound|8080||plaintext",
+// "inbound|8080||tls" (TLS of the application's own, passed through), and
+// on a port whose protocol is sniffed "inbound|8080||mtls-http" and
+// "inbound|8080||plaintext-http" for the connections detected as HTTP.
 const (
 	VirtualInboundListenerName  = "virtualInbound"
 	VirtualOutboundListenerName = "virtualOutbound"
@@ -154,12 +157,9 @@ func SpiffeID(trustDomain, namespace, serviceAccount string) string {
 }
 
 // inboundChainName names an inbound filter chain for one target port (0 is
-// the passthrough chain for undeclared ports) and traffic kind.
-func inboundChainName(targetPort uint32, tls bool) string {
-	kind := "plaintext"
-	if tls {
-		kind = "mtls"
-	}
+// the passthrough chain for undeclared ports) and traffic kind (see
+// chainSpec).
+func inboundChainName(targetPort uint32, kind string) string {
 	if targetPort == 0 {
 		return inboundPassthroughName + "|" + kind
 	}

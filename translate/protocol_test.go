@@ -1,9 +1,13 @@
 package translate
 
 import (
+	"fmt"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/minimesh/minimesh/discovery/model"
+	"github.com/minimesh/minimesh/policy"
 )
 
 // TestPortProtocol is Istio's protocol selection, rule by rule.
@@ -60,6 +64,48 @@ func TestPortProtocol(t *testing.T) {
 		got := PortProtocol(model.ServicePort{Name: c.name, AppProtocol: c.appProtocol, Port: c.port})
 		if got != c.want {
 			t.Errorf("name %q appProtocol %q port %d: got %v, want %v", c.name, c.appProtocol, c.port, got, c.want)
+		}
+	}
+}
+
+// TestInboundChainSpecs is Istio's inbound filter chain matches: which
+// chains a port gets for each mTLS mode and protocol, in order.
+func TestInboundChainSpecs(t *testing.T) {
+	type c = string // kind/transport[/alpn]/mtls?/http?
+	cases := []struct {
+		mode  policy.MTLSMode
+		proto Protocol
+		want  []c
+	}{
+		{policy.ModeStrict, ProtocolHTTP, []c{"mtls tls [] mtls http"}},
+		{policy.ModeStrict, ProtocolTCP, []c{"mtls tls [] mtls tcp"}},
+		{policy.ModeStrict, ProtocolUnknown, []c{"mtls-http tls [istio-http/1.0 istio-http/1.1 istio-h2] mtls http", "mtls tls [] mtls tcp"}},
+		{policy.ModePermissive, ProtocolHTTP2, []c{"mtls tls [istio istio-peer-exchange istio-http/1.0 istio-http/1.1 istio-h2 h2] mtls http", "plaintext raw_buffer [] - http"}},
+		{policy.ModePermissive, ProtocolTCP, []c{"mtls tls [istio istio-peer-exchange istio-http/1.0 istio-http/1.1 istio-h2] mtls tcp", "tls tls [] - tcp", "plaintext raw_buffer [] - tcp"}},
+		{policy.ModePermissive, ProtocolUnknown, []c{
+			"mtls-http tls [istio-http/1.0 istio-http/1.1 istio-h2] mtls http",
+			"plaintext-http raw_buffer [http/1.1 h2c] - http",
+			"mtls tls [istio-peer-exchange istio] mtls tcp",
+			"plaintext raw_buffer [] - tcp",
+			"tls tls [] - tcp",
+		}},
+		{policy.ModeDisable, ProtocolHTTP, []c{"plaintext raw_buffer [] - http"}},
+		{policy.ModeDisable, ProtocolUnknown, []c{"plaintext-http raw_buffer [http/1.1 h2c] - http", "plaintext raw_buffer [] - tcp"}},
+	}
+	for _, tc := range cases {
+		var got []c
+		for _, s := range inboundChainSpecs(tc.mode, tc.proto) {
+			m, h := "-", "tcp"
+			if s.mtls {
+				m = "mtls"
+			}
+			if s.http {
+				h = "http"
+			}
+			got = append(got, fmt.Sprintf("%s %s %v %s %s", s.kind, s.transport, s.alpn, m, h))
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s %v (-want +got):\n%s", tc.mode, tc.proto, diff)
 		}
 	}
 }
