@@ -38,10 +38,13 @@ type clientTLS struct {
 	auto bool
 	// socket is the transport for every endpoint (nil means plaintext).
 	socket *corev3.TransportSocket
+	// istio is set when socket is Istio mTLS (auto or ISTIO_MUTUAL), whose
+	// ALPN may carry the mesh's markers.
+	istio bool
 }
 
 // OutboundCluster is the EDS cluster for one service port.
-func OutboundCluster(name string, h2 bool, tls clientTLS) *clusterv3.Cluster {
+func OutboundCluster(name string, proto Protocol, tls clientTLS) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -52,9 +55,7 @@ func OutboundCluster(name string, h2 bool, tls clientTLS) *clusterv3.Cluster {
 		ConnectTimeout: connectTimeout,
 		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
 	}
-	if h2 {
-		c.TypedExtensionProtocolOptions = http2ProtocolOptions()
-	}
+	c.TypedExtensionProtocolOptions = upstreamProtocolOptions(proto)
 	switch {
 	case tls.auto:
 		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{

@@ -218,7 +218,8 @@ func (t *envoyTranslation) outbound() {
 			if eps != nil {
 				endpoints = eps.Endpoints
 			}
-			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, h2, t.clientTLS(s, port, fqdn, h2, endpoints)))
+			ctls := t.clientTLS(s, port, fqdn, h2, endpoints)
+			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, proto, ctls))
 			t.res.Endpoints = append(t.res.Endpoints, assignments(name))
 
 			switch {
@@ -236,12 +237,15 @@ func (t *envoyTranslation) outbound() {
 					}
 				}
 				hosts[port] = append(hosts[port], outboundVirtualHost{name: VirtualHostName(fqdn, port), domains: domains, cluster: name})
+			case ip != "" && proto == ProtocolUnknown:
+				t.res.Listeners = append(t.res.Listeners, OutboundSniffingListener(ip, port, fqdn, name, ctls.istio))
+				t.res.Routes = append(t.res.Routes, SniffedRouteConfiguration(fqdn, port, name))
 			case ip != "":
 				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name))
 			default:
-				// A TCP service without a cluster IP has no address to
-				// listen on: callers dial pod IPs, which virtualOutbound
-				// passes through unchanged.
+				// A TCP (or sniffed) service without a cluster IP has no
+				// address to listen on: callers dial pod IPs, which
+				// virtualOutbound passes through unchanged, as TCP.
 			}
 		}
 	}
@@ -279,7 +283,7 @@ func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string,
 	})
 	sni := SNI(port, fqdn)
 	if eff.Auto || eff.Settings == nil {
-		return clientTLS{auto: true, socket: UpstreamIstioMTLS(sni, t.serviceSANs(s, eps), t.opts.TrustDomain, h2)}
+		return clientTLS{auto: true, istio: true, socket: UpstreamIstioMTLS(sni, t.serviceSANs(s, eps), t.opts.TrustDomain, h2)}
 	}
 	st := eff.Settings
 	switch st.Mode {
@@ -295,7 +299,7 @@ func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string,
 		if len(sans) == 0 {
 			sans = t.serviceSANs(s, eps)
 		}
-		return clientTLS{socket: UpstreamIstioMTLS(sni, sans, t.opts.TrustDomain, h2)}
+		return clientTLS{istio: true, socket: UpstreamIstioMTLS(sni, sans, t.opts.TrustDomain, h2)}
 	}
 }
 

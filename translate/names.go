@@ -21,6 +21,8 @@ import (
 //	HTTP outbound         0.0.0.0_<port>                   one per service port number, shared by all HTTP services
 //	TCP outbound          <clusterIP>_<port>               one per TCP service port with a cluster IP
 //	outbound route        <port>                           RDS name of the HTTP listener 0.0.0.0_<port>
+//	sniffing outbound     <clusterIP>_<port>               one per service port of unknown protocol (http_inspector)
+//	sniffed route         <fqdn>:<port>                    RDS name of its HTTP chains
 //	virtual host          <fqdn>:<port>                    one per HTTP service port
 //	secrets (SDS)         default, ROOTCA                  workload certificate chain and key; trust bundle
 //	RBAC policy           ns[<ns>]-policy[<name>]-rule[<i>]  so a denial names the rule that decided it
@@ -117,6 +119,10 @@ func TCPListenerName(ip string, port uint32) string {
 
 // RouteName is the RDS name of the HTTP listener for one port: <port>.
 func RouteName(port uint32) string { return strconv.FormatUint(uint64(port), 10) }
+
+// SniffedRouteName is the RDS name of the HTTP chains of the sniffing
+// listener <clusterIP>_<port>: <fqdn>:<port>, as Istio names it.
+func SniffedRouteName(fqdn string, port uint32) string { return VirtualHostName(fqdn, port) }
 
 // VirtualHostName is <fqdn>:<port>.
 func VirtualHostName(fqdn string, port uint32) string {
