@@ -38,10 +38,13 @@ type clientTLS struct {
 	auto bool
 	// socket is the transport for every endpoint (nil means plaintext).
 	socket *corev3.TransportSocket
+	// istio is set when socket is Istio mTLS (auto or ISTIO_MUTUAL), whose
+	// ALPN may carry the mesh's markers.
+	istio bool
 }
 
 // OutboundCluster is the EDS cluster for one service port.
-func OutboundCluster(name string, h2 bool, tls clientTLS) *clusterv3.Cluster {
+func OutboundCluster(name string, proto Protocol, tls clientTLS) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -52,9 +55,7 @@ func OutboundCluster(name string, h2 bool, tls clientTLS) *clusterv3.Cluster {
 		ConnectTimeout: connectTimeout,
 		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
 	}
-	if h2 {
-		c.TypedExtensionProtocolOptions = http2ProtocolOptions()
-	}
+	c.TypedExtensionProtocolOptions = upstreamProtocolOptions(proto)
 	switch {
 	case tls.auto:
 		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
@@ -80,13 +81,34 @@ func OutboundCluster(name string, h2 bool, tls clientTLS) *clusterv3.Cluster {
 // destination is the address the caller dialled (pod IP and target port),
 // restored by the original_dst listener filter, so every replica of a
 // workload shares one configuration.
-func InboundCluster(targetPort uint32, h2 bool) *clusterv3.Cluster {
+func InboundCluster(targetPort uint32, proto Protocol) *clusterv3.Cluster {
 	c := originalDstCluster(InboundClusterName(targetPort))
 	c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: inboundBindAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}}
-	if h2 {
-		c.TypedExtensionProtocolOptions = http2ProtocolOptions()
-	}
+	c.TypedExtensionProtocolOptions = upstreamProtocolOptions(proto)
 	return c
+}
+
+// upstreamProtocolOptions is how a cluster speaks HTTP to a port of this
+// protocol: HTTP/2 to an HTTP/2 port, and on a sniffed port whatever the
+// request came in with (HTTP/1.1 or h2c), as Istio's clusters for such
+// ports do. nil leaves Envoy's default, HTTP/1.1.
+func upstreamProtocolOptions(proto Protocol) map[string]*anypbAny {
+	switch proto {
+	case ProtocolHTTP2:
+		return http2ProtocolOptions()
+	case ProtocolUnknown:
+		return map[string]*anypbAny{
+			upstreamHTTPOptionsKey: mustAny(&httpv3.HttpProtocolOptions{
+				UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+					UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+						HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+						Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+					},
+				},
+			}),
+		}
+	}
+	return nil
 }
 
 // PassthroughClusters are the ORIGINAL_DST clusters for traffic to

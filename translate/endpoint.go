@@ -165,8 +165,7 @@ func outboundPort(f Flavor, sp model.ServicePort) bool {
 	if f == FlavorProxyless {
 		// gRPC only speaks HTTP/2: a port not declared as HTTP or gRPC
 		// is not offered to proxyless clients, as in Istio.
-		http, _ := portProtocol(sp)
-		return http && sp.Port > 0 && sp.Port <= 65535
+		return PortProtocol(sp).IsHTTP() && sp.Port > 0 && sp.Port <= 65535
 	}
 	port := uint32(sp.Port)
 	return port != VirtualInboundPort && port != VirtualOutboundPort

@@ -67,8 +67,8 @@ type envoyTranslation struct {
 // inboundPort is one port the workload serves, from the services
 // selecting it.
 type inboundPort struct {
-	target   uint32
-	http, h2 bool
+	target uint32
+	proto  Protocol
 }
 
 // inboundPorts are the target ports of the services in the proxy's
@@ -109,8 +109,7 @@ func inboundPorts(snap *model.Snapshot, proxy Proxy) []inboundPort {
 				continue
 			}
 			seen[target] = true
-			http, h2 := portProtocol(sp)
-			ports = append(ports, inboundPort{target: target, http: http, h2: h2})
+			ports = append(ports, inboundPort{target: target, proto: PortProtocol(sp)})
 		}
 	}
 	slices.SortFunc(ports, func(a, b inboundPort) int { return cmp.Compare(a.target, b.target) })
@@ -133,7 +132,8 @@ func (t *envoyTranslation) inbound() {
 	httpRBAC, rbacProblems := buildRBAC(authz, authzScope{issuers: issuers})
 	t.res.Problems = append(t.res.Problems, rbacProblems...)
 	var httpFilters []*hcmv3.HttpFilter
-	anyHTTP := slices.ContainsFunc(ports, func(p inboundPort) bool { return p.http })
+	// A port of unknown protocol has HTTP chains too.
+	anyHTTP := slices.ContainsFunc(ports, func(p inboundPort) bool { return p.proto != ProtocolTCP })
 	if anyHTTP {
 		// RequestAuthentication only applies to HTTP, as in Istio.
 		t.res.Problems = append(t.res.Problems, jwtProblems...)
@@ -147,25 +147,28 @@ func (t *envoyTranslation) inbound() {
 	for _, port := range ports {
 		mode := peer.ForPort(port.target)
 		cluster := InboundClusterName(port.target)
+		specs := inboundChainSpecs(mode, port.proto)
 		var tcpFilters []*listenerv3.Filter
-		if !port.http {
-			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target})
+		if slices.ContainsFunc(specs, func(s chainSpec) bool { return !s.http }) {
+			// On a sniffed port this is for connections not detected as
+			// HTTP: HTTP-only fields fail closed there, as on TCP ports.
+			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target, sniffed: port.proto == ProtocolUnknown})
 			t.res.Problems = append(t.res.Problems, problems...)
 			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster))
 		}
-		for _, tls := range chainKinds(mode) {
-			c := inboundChain{port: port.target, tls: tls, http: port.http, filters: tcpFilters}
-			if port.http {
+		for _, s := range specs {
+			c := inboundChain{port: port.target, spec: s, filters: tcpFilters}
+			if s.http {
 				c.filters = []*listenerv3.Filter{HTTPConnectionManager(hcmConfig{
 					statPrefix:  "inbound_0.0.0.0_" + RouteName(port.target),
 					routeConfig: InboundRouteConfiguration(port.target),
 					filters:     httpFilters,
-					mtls:        tls,
+					mtls:        s.mtls,
 				})}
 			}
 			chains = append(chains, c)
 		}
-		t.res.Clusters = append(t.res.Clusters, InboundCluster(port.target, port.h2))
+		t.res.Clusters = append(t.res.Clusters, InboundCluster(port.target, port.proto))
 	}
 
 	// Ports no service declares still reach the application, under the
@@ -174,24 +177,10 @@ func (t *envoyTranslation) inbound() {
 	// carries no HTTP minimesh knows of).
 	passthroughRBAC, _ := buildRBAC(authz, authzScope{issuers: issuers, tcp: true})
 	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster))
-	for _, tls := range chainKinds(peer.Mode) {
-		chains = append(chains, inboundChain{tls: tls, filters: passthroughFilters})
+	for _, s := range inboundChainSpecs(peer.Mode, ProtocolTCP) {
+		chains = append(chains, inboundChain{spec: s, filters: passthroughFilters})
 	}
 	t.res.Listeners = append(t.res.Listeners, VirtualInboundListener(chains, t.opts.TrustDomain))
-}
-
-// chainKinds lists which chains a port gets: true for the mTLS chain,
-// false for the plaintext one. UNSET never reaches here (the policy package
-// resolves it), but is treated as PERMISSIVE, Istio's default.
-func chainKinds(mode policy.MTLSMode) []bool {
-	switch mode {
-	case policy.ModeStrict:
-		return []bool{true}
-	case policy.ModeDisable:
-		return []bool{false}
-	default:
-		return []bool{true, false}
-	}
 }
 
 func (t *envoyTranslation) outbound() {
@@ -221,14 +210,16 @@ func (t *envoyTranslation) outbound() {
 				})
 				continue
 			}
-			http, h2 := portProtocol(sp)
+			proto := PortProtocol(sp)
+			http, h2 := proto.IsHTTP(), proto == ProtocolHTTP2
 			name := OutboundClusterName(port, fqdn)
 			eps := t.snap.EndpointsFor(s.Namespace, s.Name, sp.Port)
 			var endpoints []model.Endpoint
 			if eps != nil {
 				endpoints = eps.Endpoints
 			}
-			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, h2, t.clientTLS(s, port, fqdn, h2, endpoints)))
+			ctls := t.clientTLS(s, port, fqdn, h2, endpoints)
+			t.res.Clusters = append(t.res.Clusters, OutboundCluster(name, proto, ctls))
 			t.res.Endpoints = append(t.res.Endpoints, assignments(name))
 
 			switch {
@@ -246,12 +237,15 @@ func (t *envoyTranslation) outbound() {
 					}
 				}
 				hosts[port] = append(hosts[port], outboundVirtualHost{name: VirtualHostName(fqdn, port), domains: domains, cluster: name})
+			case ip != "" && proto == ProtocolUnknown:
+				t.res.Listeners = append(t.res.Listeners, OutboundSniffingListener(ip, port, fqdn, name, ctls.istio))
+				t.res.Routes = append(t.res.Routes, SniffedRouteConfiguration(fqdn, port, name))
 			case ip != "":
 				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name))
 			default:
-				// A TCP service without a cluster IP has no address to
-				// listen on: callers dial pod IPs, which virtualOutbound
-				// passes through unchanged.
+				// A TCP (or sniffed) service without a cluster IP has no
+				// address to listen on: callers dial pod IPs, which
+				// virtualOutbound passes through unchanged, as TCP.
 			}
 		}
 	}
@@ -289,7 +283,7 @@ func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string,
 	})
 	sni := SNI(port, fqdn)
 	if eff.Auto || eff.Settings == nil {
-		return clientTLS{auto: true, socket: UpstreamIstioMTLS(sni, t.serviceSANs(s, eps), t.opts.TrustDomain, h2)}
+		return clientTLS{auto: true, istio: true, socket: UpstreamIstioMTLS(sni, t.serviceSANs(s, eps), t.opts.TrustDomain, h2)}
 	}
 	st := eff.Settings
 	switch st.Mode {
@@ -305,7 +299,7 @@ func (t *envoyTranslation) clientTLS(s *model.Service, port uint32, fqdn string,
 		if len(sans) == 0 {
 			sans = t.serviceSANs(s, eps)
 		}
-		return clientTLS{socket: UpstreamIstioMTLS(sni, sans, t.opts.TrustDomain, h2)}
+		return clientTLS{istio: true, socket: UpstreamIstioMTLS(sni, sans, t.opts.TrustDomain, h2)}
 	}
 }
 
@@ -341,31 +335,6 @@ func canonicalize(r *Resources) {
 	})
 	slices.SortFunc(r.Problems, func(a, b policy.Problem) int { return cmp.Compare(a.Error(), b.Error()) })
 	r.Problems = slices.CompactFunc(r.Problems, func(a, b policy.Problem) bool { return a == b })
-}
-
-// portProtocol reports whether a service port carries HTTP and whether that
-// HTTP is HTTP/2, from appProtocol or else Istio's port-name prefixes
-// (http, http2, grpc, grpc-web, alone or followed by "-").
-func portProtocol(sp model.ServicePort) (http, h2 bool) {
-	if ap := strings.ToLower(sp.AppProtocol); ap != "" {
-		switch ap {
-		case "http", "grpc-web":
-			return true, false
-		case "http2", "grpc", "kubernetes.io/h2c":
-			return true, true
-		default:
-			return false, false
-		}
-	}
-	name := strings.ToLower(sp.Name)
-	has := func(p string) bool { return name == p || strings.HasPrefix(name, p+"-") }
-	switch {
-	case has("grpc-web"), has("http"):
-		return true, false
-	case has("http2"), has("grpc"):
-		return true, true
-	}
-	return false, false
 }
 
 // isTCP reports whether a service port is TCP (Kubernetes' default); Envoy

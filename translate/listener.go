@@ -1,14 +1,20 @@
 package translate
 
 import (
+	"slices"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	setfilterstatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/set_filter_state/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	setfilterstatehttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
+	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -20,20 +26,21 @@ const (
 )
 
 // inboundChain is one filter chain of virtualInbound before it becomes a
-// proto: which port (0 for any port no service declares), whether it
-// terminates mTLS, and its network filters.
+// proto: which port (0 for any port no service declares), what it matches
+// and does (chainSpec), and its network filters.
 type inboundChain struct {
 	port    uint32
-	tls     bool
-	http    bool
+	spec    chainSpec
 	filters []*listenerv3.Filter
 }
 
 // VirtualInboundListener receives all inbound traffic redirected to 15006.
 // original_dst restores the address the caller dialled so chains can match
-// on destination_port; tls_inspector is added only when a chain matches on
-// transport_protocol "tls" (it must read the ClientHello first), and
-// http_inspector never, because no chain matches on application protocol.
+// on destination_port. tls_inspector reads the ClientHello (transport
+// protocol and ALPN) when a chain matches TLS; http_inspector reads the
+// first bytes of plaintext connections to ports whose protocol is sniffed
+// (and is disabled on every other port, so server-first protocols there
+// never wait for it), reporting "http/1.1" or "h2c" as application protocol.
 func VirtualInboundListener(chains []inboundChain, trustDomain string) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             VirtualInboundListenerName,
@@ -49,19 +56,27 @@ func VirtualInboundListener(chains []inboundChain, trustDomain string) *listener
 		ContinueOnListenerFiltersTimeout: true,
 	}
 	anyTLS := false
+	var sniffed []uint32
 	for _, c := range chains {
 		fc := &listenerv3.FilterChain{
-			Name:             inboundChainName(c.port, c.tls),
-			FilterChainMatch: &listenerv3.FilterChainMatch{TransportProtocol: transportPlaintext},
-			Filters:          c.filters,
+			Name: inboundChainName(c.port, c.spec.kind),
+			FilterChainMatch: &listenerv3.FilterChainMatch{
+				TransportProtocol:    c.spec.transport,
+				ApplicationProtocols: c.spec.alpn,
+			},
+			Filters: c.filters,
 		}
 		if c.port != 0 {
 			fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(c.port)
 		}
-		if c.tls {
+		if c.spec.transport == transportTLS {
 			anyTLS = true
-			fc.FilterChainMatch.TransportProtocol = transportTLS
-			fc.TransportSocket = DownstreamMTLS(trustDomain, c.http)
+		}
+		if c.spec.transport == transportPlaintext && len(c.spec.alpn) > 0 && !slices.Contains(sniffed, c.port) {
+			sniffed = append(sniffed, c.port)
+		}
+		if c.spec.mtls {
+			fc.TransportSocket = DownstreamMTLS(trustDomain, c.spec.http)
 		}
 		l.FilterChains = append(l.FilterChains, fc)
 	}
@@ -71,7 +86,39 @@ func VirtualInboundListener(chains []inboundChain, trustDomain string) *listener
 			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
 		})
 	}
+	if len(sniffed) > 0 {
+		f := httpInspector()
+		f.FilterDisabled = &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_NotMatch{
+			NotMatch: destinationPorts(sniffed),
+		}}
+		l.ListenerFilters = append(l.ListenerFilters, f)
+	}
 	return l
+}
+
+func httpInspector() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       wellknown.HttpInspector,
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspectorv3.HttpInspector{})},
+	}
+}
+
+// destinationPorts matches connections to any of ports (none is 0).
+func destinationPorts(ports []uint32) *listenerv3.ListenerFilterChainMatchPredicate {
+	var rules []*listenerv3.ListenerFilterChainMatchPredicate
+	for _, p := range ports {
+		rules = append(rules, &listenerv3.ListenerFilterChainMatchPredicate{
+			Rule: &listenerv3.ListenerFilterChainMatchPredicate_DestinationPortRange{
+				DestinationPortRange: &typev3.Int32Range{Start: int32(p), End: int32(p) + 1},
+			},
+		})
+	}
+	if len(rules) == 1 {
+		return rules[0] // an or_match needs two rules
+	}
+	return &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_OrMatch{
+		OrMatch: &listenerv3.ListenerFilterChainMatchPredicate_MatchSet{Rules: rules},
+	}}
 }
 
 // VirtualOutboundListener receives all outbound traffic redirected to 15001
@@ -176,5 +223,81 @@ func HTTPConnectionManager(c hcmConfig) *listenerv3.Filter {
 	return &listenerv3.Filter{
 		Name:       wellknown.HTTPConnectionManager,
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(m)},
+	}
+}
+
+// setFilterStateFilterName is Envoy's set_filter_state HTTP filter.
+const setFilterStateFilterName = "envoy.filters.http.set_filter_state"
+
+// sniffedHTTPALPN is the ALPN a client offers on mesh mTLS for a request
+// its sniffing listener detected as HTTP/1.1 or h2c, as Istio's istio.alpn
+// filter sets it: the server's port is sniffed too, and only these values
+// send the connection to its HTTP chain (alpnMeshHTTP). The upstream
+// protocol is the downstream one (use_downstream_protocol), so the value
+// follows the chain the request came in on. Istio's filter is not in
+// upstream Envoy; Envoy's own set_filter_state writes the same override
+// through the well-known filter state object
+// envoy.network.application_protocols, which takes precedence over the
+// cluster's alpn_protocols.
+var sniffedHTTPALPN = map[string]string{
+	"http/1.1": "istio-http/1.1,istio",
+	"h2c":      "istio-h2,istio",
+}
+
+// OutboundSniffingListener is <clusterIP>_<port> for a service port whose
+// protocol is unknown, shaped as Istio shapes it: http_inspector reads the
+// first bytes; HTTP/1.1 and h2c go to an HTTP connection manager with the
+// RDS route <fqdn>:<port>, anything else (HTTP/1.0 included, as in Istio's
+// default) to TCP proxy. meshALPN marks the HTTP requests with
+// sniffedHTTPALPN; it is set when the cluster's TLS is Istio mTLS, and
+// must not be for SIMPLE or MUTUAL TLS, whose servers expect their own ALPN.
+func OutboundSniffingListener(ip string, port uint32, fqdn, cluster string, meshALPN bool) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:             TCPListenerName(ip, port),
+		Address:          socketAddress(ip, port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		BindToPort:       wrapBool(false),
+		ListenerFilters:  []*listenerv3.ListenerFilter{httpInspector()},
+		// A server-first protocol sends nothing for the inspector to read.
+		ContinueOnListenerFiltersTimeout: true,
+	}
+	for _, alpn := range alpnPlainHTTP {
+		var filters []*hcmv3.HttpFilter
+		if meshALPN {
+			filters = append(filters, setUpstreamALPN(sniffedHTTPALPN[alpn]))
+		}
+		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{
+			Name:             alpn,
+			FilterChainMatch: &listenerv3.FilterChainMatch{ApplicationProtocols: []string{alpn}},
+			Filters: []*listenerv3.Filter{HTTPConnectionManager(hcmConfig{
+				statPrefix: "outbound_" + TCPListenerName(ip, port),
+				rds:        SniffedRouteName(fqdn, port),
+				filters:    filters,
+			})},
+		})
+	}
+	l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{
+		Name:    "tcp",
+		Filters: []*listenerv3.Filter{TCPProxy(cluster, cluster)},
+	})
+	return l
+}
+
+// setUpstreamALPN overrides the ALPN the upstream TLS connection offers
+// (comma-separated) for the requests of this connection manager.
+func setUpstreamALPN(alpn string) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{
+		Name: setFilterStateFilterName,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&setfilterstatehttpv3.Config{
+			OnRequestHeaders: []*setfilterstatev3.FilterStateValue{{
+				Key: &setfilterstatev3.FilterStateValue_ObjectKey{ObjectKey: "envoy.network.application_protocols"},
+				Value: &setfilterstatev3.FilterStateValue_FormatString{FormatString: &corev3.SubstitutionFormatString{
+					Format: &corev3.SubstitutionFormatString_TextFormatSource{TextFormatSource: &corev3.DataSource{
+						Specifier: &corev3.DataSource_InlineString{InlineString: alpn},
+					}},
+				}},
+				SharedWithUpstream: setfilterstatev3.FilterStateValue_ONCE,
+			}},
+		})},
 	}
 }

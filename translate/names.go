@@ -21,6 +21,8 @@ import (
 //	HTTP outbound         0.0.0.0_<port>                   one per service port number, shared by all HTTP services
 //	TCP outbound          <clusterIP>_<port>               one per TCP service port with a cluster IP
 //	outbound route        <port>                           RDS name of the HTTP listener 0.0.0.0_<port>
+//	sniffing outbound     <clusterIP>_<port>               one per service port of unknown protocol (http_inspector)
+//	sniffed route         <fqdn>:<port>                    RDS name of its HTTP chains
 //	virtual host          <fqdn>:<port>                    one per HTTP service port
 //	secrets (SDS)         default, ROOTCA                  workload certificate chain and key; trust bundle
 //	RBAC policy           ns[<ns>]-policy[<name>]-rule[<i>]  so a denial names the rule that decided it
@@ -50,9 +52,12 @@ import (
 //	JWT token deny        ns[<ns>]-requestauth[<name>]-jwt[<i>]  DENY policy standing in for an unverifiable JWT rule
 //
 // Inbound filter chains are named after the cluster they feed, with the kind
-// of traffic they accept appended ("inbound|8080||mtls",
-// "inbound|8080||plaintext"), because Envoy requires filter-chain names to be
-// unique within a listener and one port has up to two chains.
+// of traffic they accept appended, because Envoy requires filter-chain names
+// to be unique within a listener and one port has up to five chains:
+// "inbound|8080||mtls" (mesh mTLS, terminated), "inbound|8080||plaintext",
+// "inbound|8080||tls" (TLS of the application's own, passed through), and
+// on a port whose protocol is sniffed "inbound|8080||mtls-http" and
+// "inbound|8080||plaintext-http" for the connections detected as HTTP.
 const (
 	VirtualInboundListenerName  = "virtualInbound"
 	VirtualOutboundListenerName = "virtualOutbound"
@@ -115,6 +120,10 @@ func TCPListenerName(ip string, port uint32) string {
 // RouteName is the RDS name of the HTTP listener for one port: <port>.
 func RouteName(port uint32) string { return strconv.FormatUint(uint64(port), 10) }
 
+// SniffedRouteName is the RDS name of the HTTP chains of the sniffing
+// listener <clusterIP>_<port>: <fqdn>:<port>, as Istio names it.
+func SniffedRouteName(fqdn string, port uint32) string { return VirtualHostName(fqdn, port) }
+
 // VirtualHostName is <fqdn>:<port>.
 func VirtualHostName(fqdn string, port uint32) string {
 	return fqdn + ":" + strconv.FormatUint(uint64(port), 10)
@@ -154,12 +163,9 @@ func SpiffeID(trustDomain, namespace, serviceAccount string) string {
 }
 
 // inboundChainName names an inbound filter chain for one target port (0 is
-// the passthrough chain for undeclared ports) and traffic kind.
-func inboundChainName(targetPort uint32, tls bool) string {
-	kind := "plaintext"
-	if tls {
-		kind = "mtls"
-	}
+// the passthrough chain for undeclared ports) and traffic kind (see
+// chainSpec).
+func inboundChainName(targetPort uint32, kind string) string {
 	if targetPort == 0 {
 		return inboundPassthroughName + "|" + kind
 	}

@@ -72,8 +72,12 @@ func ProxylessServerListener(c serverListener) *listenerv3.Listener {
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 	}
 	chain := func(tls bool) *listenerv3.FilterChain {
+		kind := kindPlaintext
+		if tls {
+			kind = kindMTLS
+		}
 		fc := &listenerv3.FilterChain{
-			Name:             inboundChainName(c.port, tls),
+			Name:             inboundChainName(c.port, kind),
 			FilterChainMatch: &listenerv3.FilterChainMatch{TransportProtocol: transportPlaintext},
 			Filters:          []*listenerv3.Filter{proxylessServerHCM(c.port, c.filters)},
 		}

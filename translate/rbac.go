@@ -67,6 +67,9 @@ type authzScope struct {
 	tcp bool
 	// port names the target port in problems; 0 is any undeclared port.
 	port uint32
+	// sniffed is true for the TCP chains of a port whose protocol is
+	// detected per connection: they carry what was not detected as HTTP.
+	sniffed bool
 	// grpc is true for a proxyless gRPC server. gRPC's RBAC engine has no
 	// dynamic metadata (so no verified JWT to match), sees an empty
 	// requested server name, and refuses header matchers on :scheme and
@@ -242,6 +245,9 @@ func (b *ruleBuilder) fail(field string, err error) {
 			where = "ports no service declares"
 		}
 		what = fmt.Sprintf("needs HTTP, but %s carries TCP", where)
+		if b.scope.sniffed {
+			what = fmt.Sprintf("needs HTTP, which connections to %s not detected as HTTP (plaintext HTTP/1.1 or h2c, or mesh mTLS marked HTTP) do not have", where)
+		}
 	} else {
 		what = err.Error()
 	}

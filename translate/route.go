@@ -43,6 +43,22 @@ func RouteConfiguration(port uint32, hosts []outboundVirtualHost) *routev3.Route
 	return rc
 }
 
+// SniffedRouteConfiguration is the RDS resource <fqdn>:<port> of the
+// sniffing listener of one service port. That listener matches the
+// service's cluster IP, so every request on it is for the service,
+// whatever its Host.
+func SniffedRouteConfiguration(fqdn string, port uint32, cluster string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name:             SniffedRouteName(fqdn, port),
+		ValidateClusters: wrapBool(false),
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    VirtualHostName(fqdn, port),
+			Domains: []string{"*"},
+			Routes:  []*routev3.Route{defaultRoute(cluster)},
+		}},
+	}
+}
+
 // InboundRouteConfiguration is the route table inlined in an inbound HTTP
 // connection manager: everything goes to the local application.
 func InboundRouteConfiguration(targetPort uint32) *routev3.RouteConfiguration {

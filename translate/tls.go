@@ -14,12 +14,33 @@ import (
 	"github.com/minimesh/minimesh/policy"
 )
 
-// ALPN values Istio clients offer on mTLS connections. "istio-peer-exchange"
-// and "istio" let a server tell mesh mTLS apart from application TLS.
+// ALPN values, as Istio spells them. A mesh client offers
+// "istio-peer-exchange" and "istio" on every mTLS connection (plus "h2" to
+// an HTTP/2 port), which is how a server tells mesh mTLS from a TLS
+// client of the application's own; a client that sniffed HTTP says so with
+// "istio-http/1.1" or "istio-h2" (Istio's istio.alpn filter; minimesh sets
+// the same through Envoy's filter state, see sniffedHTTPALPN).
 var (
 	alpnIstio     = []string{"istio-peer-exchange", "istio"}
 	alpnIstioH2   = []string{"istio-peer-exchange", "istio", "h2"}
 	alpnInboundH2 = []string{"h2", "http/1.1"}
+
+	// alpnMeshAny is every value a mesh mTLS client may offer: what an
+	// inbound mTLS chain of a declared port matches.
+	alpnMeshAny = []string{"istio", "istio-peer-exchange", "istio-http/1.0", "istio-http/1.1", "istio-h2"}
+	// alpnMeshHTTP marks mesh mTLS that the client detected as HTTP.
+	alpnMeshHTTP = []string{"istio-http/1.0", "istio-http/1.1", "istio-h2"}
+	// alpnMeshTCP is mesh mTLS the client could not identify as HTTP.
+	alpnMeshTCP = []string{"istio-peer-exchange", "istio"}
+	// alpnPlainHTTP is what http_inspector reports for plaintext HTTP it
+	// serves as HTTP (Istio leaves HTTP/1.0 out by default: it goes to TCP).
+	alpnPlainHTTP = []string{"http/1.1", "h2c"}
+	// alpnMeshAnyOrH2 adds "h2" to alpnMeshAny for ports declared HTTP:
+	// proxyless gRPC clients (gRPC-Go's xDS credentials) offer only "h2".
+	// Istio leaves it out, so such a client finds no chain on a PERMISSIVE
+	// HTTP port there; on a port declared HTTP no other TLS has a chain,
+	// so matching "h2" takes nothing from anyone.
+	alpnMeshAnyOrH2 = append(append([]string(nil), alpnMeshAny...), "h2")
 )
 
 // systemCABundle is where Envoy images (Istio's too) keep the public roots.

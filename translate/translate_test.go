@@ -122,37 +122,6 @@ func TestTranslateNeverPanics(t *testing.T) {
 	}
 }
 
-func TestPortProtocol(t *testing.T) {
-	cases := []struct {
-		name, appProtocol string
-		http, h2          bool
-	}{
-		{"http", "", true, false},
-		{"http-web", "", true, false},
-		{"HTTP", "", true, false},
-		{"http2", "", true, true},
-		{"grpc", "", true, true},
-		{"grpc-api", "", true, true},
-		{"grpc-web", "", true, false},
-		{"grpc-web-ui", "", true, false},
-		{"httpx", "", false, false},
-		{"https", "", false, false},
-		{"tcp", "", false, false},
-		{"", "", false, false},
-		{"tcp", "http", true, false},
-		{"http", "tcp", false, false}, // appProtocol wins over the name
-		{"web", "grpc", true, true},
-		{"web", "kubernetes.io/h2c", true, true},
-		{"web", "grpc-web", true, false},
-	}
-	for _, c := range cases {
-		http, h2 := portProtocol(model.ServicePort{Name: c.name, AppProtocol: c.appProtocol})
-		if http != c.http || h2 != c.h2 {
-			t.Errorf("name %q appProtocol %q: got http=%v h2=%v, want http=%v h2=%v", c.name, c.appProtocol, http, h2, c.http, c.h2)
-		}
-	}
-}
-
 func TestUsableEndpoints(t *testing.T) {
 	ready := model.Endpoint{IP: "10.0.0.1", Ready: true, Serving: true}
 	notReady := model.Endpoint{IP: "10.0.0.2"}
