@@ -308,6 +308,7 @@ func TestCasesCoverIssue(t *testing.T) {
 		"mesh-strict-namespace-permissive", "dr-disable", "dr-simple", "dr-mutual", "dr-istio-mutual",
 		"dr-port-level", "auto-mtls-mixed", "deny-all", "allow-principal-method-path",
 		"deny-beats-allow", "when-conditions", "jwt-request-principals", "tcp-l4-rbac", "tcp-l7-rule",
+		"dry-run",
 	} {
 		if _, err := os.Stat(filepath.Join("testdata", "envoy", c+".yaml")); err != nil {
 			t.Errorf("golden case %s is missing: %v", c, err)
@@ -315,7 +316,7 @@ func TestCasesCoverIssue(t *testing.T) {
 	}
 	for _, c := range []string{
 		"no-policy", "namespace-strict", "port-disable-in-strict", "dr-disable-to-strict", "deny-all",
-		"allow-principal-method-path", "deny-beats-allow", "jwt-token-deny", "auto-mtls-mixed",
+		"allow-principal-method-path", "deny-beats-allow", "jwt-token-deny", "auto-mtls-mixed", "dry-run",
 	} {
 		if _, err := os.Stat(filepath.Join("testdata", "proxyless", c+".yaml")); err != nil {
 			t.Errorf("proxyless golden case %s is missing: %v", c, err)

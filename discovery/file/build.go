@@ -684,6 +684,7 @@ func (b *builder) addPolicy(o obj, apiVersion, kind string) func(*builder) {
 		Kind: kind, Namespace: o.ns, Name: o.name,
 		CreationTimestamp: env.Metadata.CreationTimestamp.Time,
 		Origin:            policy.Location{File: o.d.file, Line: o.d.line},
+		Annotations:       env.Metadata.Annotations,
 	}
 	spec := []byte(env.Spec)
 	if len(spec) == 0 {
