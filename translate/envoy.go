@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -37,11 +38,11 @@ func translateEnvoy(b *Batch, p Proxy) (res *Resources) {
 		}
 	}()
 	res = &Resources{}
-	t := envoyTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res}
+	t := envoyTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res, accessLogs: AccessLogs(b.opts.AccessLog)}
 	t.inbound()
 	res.add(b.outboundFor(FlavorEnvoy, p.Namespace, func() *Resources {
 		// Outbound reads the proxy's namespace only (see Batch).
-		o := envoyTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorEnvoy, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}}
+		o := envoyTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorEnvoy, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}, accessLogs: t.accessLogs}
 		o.outbound()
 		return o.res
 	}))
@@ -62,6 +63,8 @@ type envoyTranslation struct {
 	proxy Proxy
 	opts  Options
 	res   *Resources
+	// accessLogs go on every connection manager and TCP proxy.
+	accessLogs []*accesslogv3.AccessLog
 }
 
 // inboundPort is one port the workload serves, from the services
@@ -151,7 +154,7 @@ func (t *envoyTranslation) inbound() {
 		if !port.http {
 			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target})
 			t.res.Problems = append(t.res.Problems, problems...)
-			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster))
+			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster, t.accessLogs...))
 		}
 		for _, tls := range chainKinds(mode) {
 			c := inboundChain{port: port.target, tls: tls, http: port.http, filters: tcpFilters}
@@ -161,6 +164,7 @@ func (t *envoyTranslation) inbound() {
 					routeConfig: InboundRouteConfiguration(port.target),
 					filters:     httpFilters,
 					mtls:        tls,
+					accessLog:   t.accessLogs,
 				})}
 			}
 			chains = append(chains, c)
@@ -173,7 +177,7 @@ func (t *envoyTranslation) inbound() {
 	// (HTTP-only rules fail closed there without a report: such a port
 	// carries no HTTP minimesh knows of).
 	passthroughRBAC, _ := buildRBAC(authz, authzScope{issuers: issuers, tcp: true})
-	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster))
+	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster, t.accessLogs...))
 	for _, tls := range chainKinds(peer.Mode) {
 		chains = append(chains, inboundChain{tls: tls, filters: passthroughFilters})
 	}
@@ -196,7 +200,7 @@ func chainKinds(mode policy.MTLSMode) []bool {
 
 func (t *envoyTranslation) outbound() {
 	assignments := assignmentsFor(t.snap, FlavorEnvoy, t.opts)
-	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener())
+	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener(t.accessLogs))
 	t.res.Clusters = append(t.res.Clusters, PassthroughClusters()...)
 
 	hosts := map[uint32][]outboundVirtualHost{}
@@ -247,7 +251,7 @@ func (t *envoyTranslation) outbound() {
 				}
 				hosts[port] = append(hosts[port], outboundVirtualHost{name: VirtualHostName(fqdn, port), domains: domains, cluster: name})
 			case ip != "":
-				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name))
+				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name, t.accessLogs))
 			default:
 				// A TCP service without a cluster IP has no address to
 				// listen on: callers dial pod IPs, which virtualOutbound
@@ -256,7 +260,7 @@ func (t *envoyTranslation) outbound() {
 		}
 	}
 	for port, hs := range hosts {
-		t.res.Listeners = append(t.res.Listeners, OutboundHTTPListener(port))
+		t.res.Listeners = append(t.res.Listeners, OutboundHTTPListener(port, t.accessLogs))
 		t.res.Routes = append(t.res.Routes, RouteConfiguration(port, hs))
 	}
 }
