@@ -89,11 +89,42 @@ func Decode(apiVersion, kind string, meta Meta, spec []byte) (Object, Problems) 
 			problems = append(problems, p)
 		}
 	}
+	problems = append(problems, decodeAnnotations(obj)...)
 	if problems.HasErrors() {
 		return nil, problems
 	}
 	normalize(obj)
 	return obj, problems
+}
+
+// AnnotationDryRun is Istio's annotation that puts an AuthorizationPolicy
+// in dry-run mode: evaluated and recorded, never enforced.
+const AnnotationDryRun = "istio.io/dry-run"
+
+// decodeAnnotations turns the annotations minimesh acts on into typed
+// fields. Istio reads istio.io/dry-run with strconv.ParseBool and enforces
+// the policy when the value does not parse; minimesh refuses such a value
+// instead, since a policy meant as a trial that starts denying traffic is
+// the one mistake a dry run exists to prevent.
+func decodeAnnotations(obj Object) Problems {
+	m := obj.GetMeta()
+	v, ok := m.Annotations[AnnotationDryRun]
+	if !ok {
+		return nil
+	}
+	field := "metadata.annotations." + AnnotationDryRun
+	ap, isAuthz := obj.(*AuthorizationPolicy)
+	if !isAuthz {
+		return Problems{warnf(m, field, "is read only on an AuthorizationPolicy (as in Istio); this %s is enforced", m.Kind)}
+	}
+	switch v {
+	case "true":
+		ap.DryRun = true
+	case "false":
+	default:
+		return Problems{errorf(m, field, "%q is not one of \"true\", \"false\"", v)}
+	}
+	return nil
 }
 
 // Validate checks one decoded object against every field rule minimesh

@@ -323,3 +323,43 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeDryRun checks Istio's istio.io/dry-run annotation: "true" makes
+// an AuthorizationPolicy a dry run, "false" enforces it, any other value
+// refuses the object (Istio would enforce it), and on other kinds it is
+// ignored with a warning, as Istio ignores it.
+func TestDecodeDryRun(t *testing.T) {
+	for _, c := range []struct {
+		kind, value string
+		dryRun      bool
+		wants       []want
+	}{
+		{KindAuthorizationPolicy, "true", true, nil},
+		{KindAuthorizationPolicy, "false", false, nil},
+		{KindAuthorizationPolicy, "True", false, []want{e("metadata.annotations.istio.io/dry-run", `"True" is not one of "true", "false"`)}},
+		{KindAuthorizationPolicy, "", false, []want{e("metadata.annotations.istio.io/dry-run", `"" is not one of`)}},
+		{KindPeerAuthentication, "true", false, []want{w("metadata.annotations.istio.io/dry-run", "is read only on an AuthorizationPolicy")}},
+	} {
+		t.Run(c.kind+"/"+c.value, func(t *testing.T) {
+			meta := testMeta
+			meta.Annotations = map[string]string{AnnotationDryRun: c.value, "kubectl.kubernetes.io/last-applied-configuration": "{}"}
+			obj, ps := Decode("security.istio.io/v1", c.kind, meta, []byte(`{}`))
+			checkProblems(t, ps, c.wants)
+			if ps.HasErrors() {
+				if obj != nil {
+					t.Fatalf("an object with an error was returned: %+v", obj)
+				}
+				return
+			}
+			ap, ok := obj.(*AuthorizationPolicy)
+			if got := ok && ap.DryRun; got != c.dryRun {
+				t.Errorf("DryRun = %v, want %v", got, c.dryRun)
+			}
+		})
+	}
+	obj, ps := Decode("security.istio.io/v1", KindAuthorizationPolicy, testMeta, []byte(`{}`))
+	checkProblems(t, ps, nil)
+	if obj.(*AuthorizationPolicy).DryRun {
+		t.Error("a policy without the annotation is a dry run")
+	}
+}

@@ -62,6 +62,10 @@ type Meta struct {
 	// tie against a policy already in force.
 	Admitted time.Time `json:"admitted,omitzero"`
 	Origin   Location  `json:"origin,omitzero"`
+	// Annotations are the object's metadata.annotations as the source
+	// read them. Decode turns the ones minimesh acts on into typed fields
+	// (AuthorizationPolicy.DryRun); nothing else reads them.
+	Annotations map[string]string `json:"-"`
 }
 
 // Key is "namespace/name".
@@ -226,6 +230,9 @@ const (
 type AuthorizationPolicy struct {
 	Meta `json:"metadata"`
 	Spec AuthorizationPolicySpec `json:"spec"`
+	// DryRun is the istio.io/dry-run annotation: the policy is evaluated
+	// and its result recorded, but it never allows or denies anything.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 // GetMeta implements Object.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -37,11 +38,11 @@ func translateEnvoy(b *Batch, p Proxy) (res *Resources) {
 		}
 	}()
 	res = &Resources{}
-	t := envoyTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res}
+	t := envoyTranslation{snap: b.snap, proxy: p, opts: b.opts, res: res, accessLogs: AccessLogs(b.opts.AccessLog)}
 	t.inbound()
 	res.add(b.outboundFor(FlavorEnvoy, p.Namespace, func() *Resources {
 		// Outbound reads the proxy's namespace only (see Batch).
-		o := envoyTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorEnvoy, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}}
+		o := envoyTranslation{snap: b.snap, proxy: Proxy{Flavor: FlavorEnvoy, Namespace: p.Namespace}, opts: b.opts, res: &Resources{}, accessLogs: t.accessLogs}
 		o.outbound()
 		return o.res
 	}))
@@ -62,6 +63,8 @@ type envoyTranslation struct {
 	proxy Proxy
 	opts  Options
 	res   *Resources
+	// accessLogs go on every connection manager and TCP proxy.
+	accessLogs []*accesslogv3.AccessLog
 }
 
 // inboundPort is one port the workload serves, from the services
@@ -154,7 +157,7 @@ func (t *envoyTranslation) inbound() {
 			// HTTP: HTTP-only fields fail closed there, as on TCP ports.
 			rules, problems := buildRBAC(authz, authzScope{issuers: issuers, tcp: true, port: port.target, sniffed: port.proto == ProtocolUnknown})
 			t.res.Problems = append(t.res.Problems, problems...)
-			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster))
+			tcpFilters = append(NetworkRBACFilters(rules), TCPProxy(cluster, cluster, t.accessLogs...))
 		}
 		for _, s := range specs {
 			c := inboundChain{port: port.target, spec: s, filters: tcpFilters}
@@ -164,6 +167,7 @@ func (t *envoyTranslation) inbound() {
 					routeConfig: InboundRouteConfiguration(port.target),
 					filters:     httpFilters,
 					mtls:        s.mtls,
+					accessLog:   t.accessLogs,
 				})}
 			}
 			chains = append(chains, c)
@@ -176,7 +180,7 @@ func (t *envoyTranslation) inbound() {
 	// (HTTP-only rules fail closed there without a report: such a port
 	// carries no HTTP minimesh knows of).
 	passthroughRBAC, _ := buildRBAC(authz, authzScope{issuers: issuers, tcp: true})
-	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster))
+	passthroughFilters := append(NetworkRBACFilters(passthroughRBAC), TCPProxy(InboundPassthroughCluster, InboundPassthroughCluster, t.accessLogs...))
 	for _, s := range inboundChainSpecs(peer.Mode, ProtocolTCP) {
 		chains = append(chains, inboundChain{spec: s, filters: passthroughFilters})
 	}
@@ -185,7 +189,7 @@ func (t *envoyTranslation) inbound() {
 
 func (t *envoyTranslation) outbound() {
 	assignments := assignmentsFor(t.snap, FlavorEnvoy, t.opts)
-	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener())
+	t.res.Listeners = append(t.res.Listeners, VirtualOutboundListener(t.accessLogs))
 	t.res.Clusters = append(t.res.Clusters, PassthroughClusters()...)
 
 	hosts := map[uint32][]outboundVirtualHost{}
@@ -238,10 +242,10 @@ func (t *envoyTranslation) outbound() {
 				}
 				hosts[port] = append(hosts[port], outboundVirtualHost{name: VirtualHostName(fqdn, port), domains: domains, cluster: name})
 			case ip != "" && proto == ProtocolUnknown:
-				t.res.Listeners = append(t.res.Listeners, OutboundSniffingListener(ip, port, fqdn, name, ctls.istio))
+				t.res.Listeners = append(t.res.Listeners, OutboundSniffingListener(ip, port, fqdn, name, ctls.istio, t.accessLogs))
 				t.res.Routes = append(t.res.Routes, SniffedRouteConfiguration(fqdn, port, name))
 			case ip != "":
-				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name))
+				t.res.Listeners = append(t.res.Listeners, OutboundTCPListener(ip, port, name, t.accessLogs))
 			default:
 				// A TCP (or sniffed) service without a cluster IP has no
 				// address to listen on: callers dial pod IPs, which
@@ -250,7 +254,7 @@ func (t *envoyTranslation) outbound() {
 		}
 	}
 	for port, hs := range hosts {
-		t.res.Listeners = append(t.res.Listeners, OutboundHTTPListener(port))
+		t.res.Listeners = append(t.res.Listeners, OutboundHTTPListener(port, t.accessLogs))
 		t.res.Routes = append(t.res.Routes, RouteConfiguration(port, hs))
 	}
 }

@@ -115,7 +115,7 @@ func isOutputFile(name string) bool {
 func translateCase(t *testing.T, path string, flavor Flavor) map[string][]byte {
 	t.Helper()
 	snap, proxy := loadCase(t, path, flavor)
-	res := Translate(snap, proxy, Options{JWKS: goldenJWKS})
+	res := Translate(snap, proxy, caseOptions(t, path))
 	if err := res.Validate(); err != nil {
 		t.Errorf("generated resources are invalid:\n%v", err)
 	}
@@ -140,6 +140,33 @@ func translateCase(t *testing.T, path string, flavor Flavor) map[string][]byte {
 		out["problems"] = b
 	}
 	return out
+}
+
+// caseOptions are the translation options of a case: goldenJWKS, and the
+// mesh settings its header comment names, one per line
+// ("# accessLogFile: /dev/stdout", "# accessLogEncoding: JSON").
+func caseOptions(t *testing.T, path string) Options {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{JWKS: goldenJWKS}
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			break
+		}
+		key, value, _ := strings.Cut(strings.TrimSpace(strings.TrimPrefix(line, "#")), ": ")
+		switch key {
+		case "accessLogFile":
+			opts.AccessLog.File = value
+		case "accessLogEncoding":
+			if opts.AccessLog.Encoding, err = ParseAccessLogEncoding(value); err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+		}
+	}
+	return opts
 }
 
 // loadCase parses a case file with the file discovery builder and returns
@@ -308,6 +335,7 @@ func TestCasesCoverIssue(t *testing.T) {
 		"mesh-strict-namespace-permissive", "dr-disable", "dr-simple", "dr-mutual", "dr-istio-mutual",
 		"dr-port-level", "auto-mtls-mixed", "deny-all", "allow-principal-method-path",
 		"deny-beats-allow", "when-conditions", "jwt-request-principals", "tcp-l4-rbac", "tcp-l7-rule",
+		"dry-run", "access-log-audit", "access-log-json",
 	} {
 		if _, err := os.Stat(filepath.Join("testdata", "envoy", c+".yaml")); err != nil {
 			t.Errorf("golden case %s is missing: %v", c, err)
@@ -315,7 +343,8 @@ func TestCasesCoverIssue(t *testing.T) {
 	}
 	for _, c := range []string{
 		"no-policy", "namespace-strict", "port-disable-in-strict", "dr-disable-to-strict", "deny-all",
-		"allow-principal-method-path", "deny-beats-allow", "jwt-token-deny", "auto-mtls-mixed",
+		"allow-principal-method-path", "deny-beats-allow", "jwt-token-deny", "auto-mtls-mixed", "dry-run",
+		"access-log-audit",
 	} {
 		if _, err := os.Stat(filepath.Join("testdata", "proxyless", c+".yaml")); err != nil {
 			t.Errorf("proxyless golden case %s is missing: %v", c, err)

@@ -3,6 +3,7 @@ package translate
 import (
 	"slices"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -125,7 +126,7 @@ func destinationPorts(ports []uint32) *listenerv3.ListenerFilterChainMatchPredic
 // and hands each connection to the listener for its original destination
 // (use_original_dst); connections no listener claims go to
 // PassthroughCluster unchanged.
-func VirtualOutboundListener() *listenerv3.Listener {
+func VirtualOutboundListener(logs []*accesslogv3.AccessLog) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:             VirtualOutboundListenerName,
 		Address:          socketAddress("0.0.0.0", VirtualOutboundPort),
@@ -133,7 +134,7 @@ func VirtualOutboundListener() *listenerv3.Listener {
 		UseOriginalDst:   wrapBool(true),
 		FilterChains: []*listenerv3.FilterChain{{
 			Name:    "PassthroughFilterChain",
-			Filters: []*listenerv3.Filter{TCPProxy(PassthroughCluster, PassthroughCluster)},
+			Filters: []*listenerv3.Filter{TCPProxy(PassthroughCluster, PassthroughCluster, logs...)},
 		}},
 	}
 }
@@ -141,7 +142,7 @@ func VirtualOutboundListener() *listenerv3.Listener {
 // OutboundHTTPListener is 0.0.0.0_<port>: every HTTP service on that port
 // number, told apart by Host through the RDS route <port>. It does not bind:
 // virtualOutbound hands it connections.
-func OutboundHTTPListener(port uint32) *listenerv3.Listener {
+func OutboundHTTPListener(port uint32, logs []*accesslogv3.AccessLog) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:             HTTPListenerName(port),
 		Address:          socketAddress("0.0.0.0", port),
@@ -151,31 +152,33 @@ func OutboundHTTPListener(port uint32) *listenerv3.Listener {
 			Filters: []*listenerv3.Filter{HTTPConnectionManager(hcmConfig{
 				statPrefix: "outbound_" + HTTPListenerName(port),
 				rds:        RouteName(port),
+				accessLog:  logs,
 			})},
 		}},
 	}
 }
 
 // OutboundTCPListener is <clusterIP>_<port> for one TCP service port.
-func OutboundTCPListener(ip string, port uint32, cluster string) *listenerv3.Listener {
+func OutboundTCPListener(ip string, port uint32, cluster string, logs []*accesslogv3.AccessLog) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:             TCPListenerName(ip, port),
 		Address:          socketAddress(ip, port),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		BindToPort:       wrapBool(false),
 		FilterChains: []*listenerv3.FilterChain{{
-			Filters: []*listenerv3.Filter{TCPProxy(cluster, cluster)},
+			Filters: []*listenerv3.Filter{TCPProxy(cluster, cluster, logs...)},
 		}},
 	}
 }
 
-// TCPProxy forwards a connection to one cluster.
-func TCPProxy(statPrefix, cluster string) *listenerv3.Filter {
+// TCPProxy forwards a connection to one cluster, logging it to logs.
+func TCPProxy(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) *listenerv3.Filter {
 	return &listenerv3.Filter{
 		Name: wellknown.TCPProxy,
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
 			StatPrefix:       statPrefix,
 			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+			AccessLog:        logs,
 		})},
 	}
 }
@@ -192,6 +195,8 @@ type hcmConfig struct {
 	// mtls sets x-forwarded-client-cert from the verified peer certificate,
 	// so the application can see the caller's SPIFFE ID as in Istio.
 	mtls bool
+	// accessLog logs every request (see AccessLogs).
+	accessLog []*accesslogv3.AccessLog
 }
 
 // HTTPConnectionManager builds the HCM network filter. Paths are normalized
@@ -201,6 +206,7 @@ func HTTPConnectionManager(c hcmConfig) *listenerv3.Filter {
 	m := &hcmv3.HttpConnectionManager{
 		StatPrefix:    c.statPrefix,
 		NormalizePath: wrapBool(true),
+		AccessLog:     c.accessLog,
 	}
 	if c.rds != "" {
 		m.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
@@ -251,7 +257,7 @@ var sniffedHTTPALPN = map[string]string{
 // default) to TCP proxy. meshALPN marks the HTTP requests with
 // sniffedHTTPALPN; it is set when the cluster's TLS is Istio mTLS, and
 // must not be for SIMPLE or MUTUAL TLS, whose servers expect their own ALPN.
-func OutboundSniffingListener(ip string, port uint32, fqdn, cluster string, meshALPN bool) *listenerv3.Listener {
+func OutboundSniffingListener(ip string, port uint32, fqdn, cluster string, meshALPN bool, logs []*accesslogv3.AccessLog) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             TCPListenerName(ip, port),
 		Address:          socketAddress(ip, port),
@@ -273,12 +279,13 @@ func OutboundSniffingListener(ip string, port uint32, fqdn, cluster string, mesh
 				statPrefix: "outbound_" + TCPListenerName(ip, port),
 				rds:        SniffedRouteName(fqdn, port),
 				filters:    filters,
+				accessLog:  logs,
 			})},
 		})
 	}
 	l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{
 		Name:    "tcp",
-		Filters: []*listenerv3.Filter{TCPProxy(cluster, cluster)},
+		Filters: []*listenerv3.Filter{TCPProxy(cluster, cluster, logs...)},
 	})
 	return l
 }

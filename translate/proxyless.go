@@ -33,6 +33,8 @@ import (
 //     breaks the plaintext callers PERMISSIVE promises to serve.
 //   - AUDIT AuthorizationPolicies: gRPC has no LOG action; they are not
 //     sent (auditing only logs, so nothing is allowed that was denied).
+//   - Dry-run AuthorizationPolicies (istio.io/dry-run): gRPC has no shadow
+//     mode; they are not sent (a dry run never allows or denies).
 //   - requestPrincipals, request.auth.* conditions, connection.sni: gRPC
 //     cannot check them; an ALLOW rule using them matches nothing, a DENY
 //     rule has the field widened to match everything (as for TCP in the
@@ -111,6 +113,14 @@ func (t *proxylessTranslation) inbound() {
 				Severity: policy.SeverityWarning, Kind: ap.Kind, Namespace: ap.Namespace, Name: ap.Name,
 				Location: ap.Origin, Field: "spec.action",
 				Message: "proxyless gRPC servers cannot audit (gRPC has no LOG action), so this policy is not sent to them; it would only have logged, so nothing is allowed or denied differently",
+			})
+			continue
+		}
+		if ap.DryRun {
+			t.problem(policy.Problem{
+				Severity: policy.SeverityWarning, Kind: ap.Kind, Namespace: ap.Namespace, Name: ap.Name,
+				Location: ap.Origin, Field: "metadata.annotations." + policy.AnnotationDryRun,
+				Message: "proxyless gRPC servers have no dry-run mode (gRPC ignores shadow rules), so this policy is not sent to them; it allows and denies nothing there, as a dry run should",
 			})
 			continue
 		}

@@ -35,6 +35,15 @@ import (
 //     one of their rules; a policy with no rules adds nothing to the filter,
 //     which is how "allow-nothing" ({} or rules: []) denies everything.
 //
+// A policy annotated istio.io/dry-run: "true" goes into the same filter's
+// shadow_rules instead of its rules, as Istio does: Envoy evaluates shadow
+// rules, counts the result under shadow_rules_stat_prefix
+// (istio_dry_run_allow_ / istio_dry_run_deny_) and writes it to dynamic
+// metadata (shadow_effective_policy_id, shadow_engine_result under
+// envoy.filters.http.rbac), but never acts on it. A filter holding only
+// shadow rules has no rules at all, so it enforces nothing; in particular
+// a dry-run ALLOW policy never turns on "deny unless allowed".
+//
 // A rule matches when any from matches, any to matches and every when
 // matches; inside one source or operation every present field must match.
 // Each rule becomes one Envoy policy named ns[<ns>]-policy[<name>]-rule[<i>].
@@ -77,10 +86,51 @@ type authzScope struct {
 	grpc bool
 }
 
-// rbacRules are the compiled RBAC configurations for one chain, nil when a
-// filter is not needed.
+// rbacRules are the compiled RBAC configurations for one chain: per
+// action the enforced rules and the dry-run (shadow) rules, each nil when
+// no policy of that kind applies.
 type rbacRules struct {
-	audit, deny, allow *rbacv3.RBAC
+	audit, deny, allow                   *rbacv3.RBAC
+	shadowAudit, shadowDeny, shadowAllow *rbacv3.RBAC
+}
+
+// Stat prefixes of dry-run rules, Istio's, so dashboards built for Istio's
+// rbac.istio_dry_run_allow_.shadow_denied counters keep working.
+const (
+	shadowAllowStatPrefix = "istio_dry_run_allow_"
+	shadowDenyStatPrefix  = "istio_dry_run_deny_"
+)
+
+// rbacFilter is one RBAC filter's configuration: the enforced rules and the
+// shadow rules of one action, either of which may be nil.
+type rbacFilter struct {
+	rules, shadow *rbacv3.RBAC
+}
+
+// shadowStatPrefix is Istio's stat prefix for dry-run rules of an action;
+// Istio sets none for AUDIT.
+func (f rbacFilter) shadowStatPrefix() string {
+	if f.shadow == nil {
+		return ""
+	}
+	switch f.shadow.Action {
+	case rbacv3.RBAC_ALLOW:
+		return shadowAllowStatPrefix
+	case rbacv3.RBAC_DENY:
+		return shadowDenyStatPrefix
+	}
+	return ""
+}
+
+// filters lists the RBAC filters in evaluation order: audit, deny, allow.
+func (r rbacRules) filters() []rbacFilter {
+	var out []rbacFilter
+	for _, f := range []rbacFilter{{r.audit, r.shadowAudit}, {r.deny, r.shadowDeny}, {r.allow, r.shadowAllow}} {
+		if f.rules != nil || f.shadow != nil {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // buildRBAC compiles the policies selecting a workload (as returned by
@@ -98,6 +148,10 @@ func buildRBAC(policies []*policy.AuthorizationPolicy, scope authzScope) (rbacRu
 	}
 	for _, ap := range policies {
 		action := ap.Spec.EffectiveAction()
+		allow, deny, audit := &out.allow, &out.deny, &out.audit
+		if ap.DryRun {
+			allow, deny, audit = &out.shadowAllow, &out.shadowDeny, &out.shadowAudit
+		}
 		for i, r := range ap.Spec.Rules {
 			b := ruleBuilder{scope: scope, meta: &ap.Meta, action: action, rule: i}
 			p := b.build(r)
@@ -105,22 +159,22 @@ func buildRBAC(policies []*policy.AuthorizationPolicy, scope authzScope) (rbacRu
 			name := RBACPolicyName(ap.Namespace, ap.Name, i)
 			switch action {
 			case policy.ActionAllow:
-				add(&out.allow, rbacv3.RBAC_ALLOW, name, p)
+				add(allow, rbacv3.RBAC_ALLOW, name, p)
 			case policy.ActionDeny:
-				add(&out.deny, rbacv3.RBAC_DENY, name, p)
+				add(deny, rbacv3.RBAC_DENY, name, p)
 			case policy.ActionAudit:
-				add(&out.audit, rbacv3.RBAC_LOG, name, p)
+				add(audit, rbacv3.RBAC_LOG, name, p)
 			}
 		}
 		switch action {
 		case policy.ActionAllow:
 			// Present even with no rules: that is what makes an empty ALLOW
-			// policy deny everything.
-			add(&out.allow, rbacv3.RBAC_ALLOW, "", nil)
+			// policy deny everything (in dry run: record that it would).
+			add(allow, rbacv3.RBAC_ALLOW, "", nil)
 		case policy.ActionDeny, policy.ActionAudit:
 		default:
 			// Validation refuses other actions (CUSTOM); should one get
-			// here, deny everything rather than ignore it.
+			// here, deny everything rather than ignore it, dry run or not.
 			problems = append(problems, policy.Problem{
 				Severity: policy.SeverityError, Kind: ap.Kind, Namespace: ap.Namespace, Name: ap.Name,
 				Location: ap.Origin, Field: "spec.action",
@@ -133,14 +187,19 @@ func buildRBAC(policies []*policy.AuthorizationPolicy, scope authzScope) (rbacRu
 }
 
 // HTTPRBACFilters are the HTTP filters for compiled rules, in evaluation
-// order: audit, deny, allow.
+// order: audit, deny, allow; each carries its action's dry-run policies
+// as shadow rules.
 func HTTPRBACFilters(r rbacRules) []*hcmv3.HttpFilter {
 	var out []*hcmv3.HttpFilter
-	for _, rules := range []*rbacv3.RBAC{r.audit, r.deny, r.allow} {
-		if rules == nil {
-			continue
-		}
-		out = append(out, httpRBACFilter(wellknown.HTTPRoleBasedAccessControl, rules))
+	for _, f := range r.filters() {
+		out = append(out, &hcmv3.HttpFilter{
+			Name: wellknown.HTTPRoleBasedAccessControl,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttpv3.RBAC{
+				Rules:                 f.rules,
+				ShadowRules:           f.shadow,
+				ShadowRulesStatPrefix: f.shadowStatPrefix(),
+			})},
+		})
 	}
 	return out
 }
@@ -174,18 +233,18 @@ func httpRBACFilter(name string, rules *rbacv3.RBAC) *hcmv3.HttpFilter {
 }
 
 // NetworkRBACFilters are the network filters for compiled rules, placed
-// before tcp_proxy, in evaluation order: audit, deny, allow.
+// before tcp_proxy, in evaluation order: audit, deny, allow, with dry-run
+// policies as shadow rules as for HTTP.
 func NetworkRBACFilters(r rbacRules) []*listenerv3.Filter {
 	var out []*listenerv3.Filter
-	for _, rules := range []*rbacv3.RBAC{r.audit, r.deny, r.allow} {
-		if rules == nil {
-			continue
-		}
+	for _, f := range r.filters() {
 		out = append(out, &listenerv3.Filter{
 			Name: wellknown.RoleBasedAccessControl,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&rbacnetworkv3.RBAC{
-				StatPrefix: "tcp.",
-				Rules:      rules,
+				StatPrefix:            "tcp.",
+				Rules:                 f.rules,
+				ShadowRules:           f.shadow,
+				ShadowRulesStatPrefix: f.shadowStatPrefix(),
 			})},
 		})
 	}

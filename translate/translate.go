@@ -62,6 +62,9 @@ type Options struct {
 	// cluster that only names it, which is all consistency checks need,
 	// instead of a thousand assignments with their endpoints per group.
 	AssignmentNamesOnly bool
+	// AccessLog is the sidecars' access log (MeshConfig accessLogFile,
+	// accessLogEncoding); off when its File is empty.
+	AccessLog AccessLog
 }
 
 // Resources is everything one proxy group receives apart from its secrets.

@@ -295,3 +295,45 @@ func present(n int) int {
 	}
 	return 1
 }
+
+// TestDryRunNeverEnforces: a workload whose only policies are dry runs gets
+// RBAC filters with shadow rules and no rules at all, so Envoy enforces
+// nothing; in particular a dry-run ALLOW does not make "deny unless
+// allowed" take effect, and a dry-run DENY denies nothing.
+func TestDryRunNeverEnforces(t *testing.T) {
+	dry := func(name string, action policy.Action) *policy.AuthorizationPolicy {
+		return &policy.AuthorizationPolicy{
+			Meta:   policy.Meta{Kind: policy.KindAuthorizationPolicy, Namespace: "default", Name: name},
+			Spec:   policy.AuthorizationPolicySpec{Action: action, Rules: []policy.Rule{{}}},
+			DryRun: true,
+		}
+	}
+	rules, problems := buildRBAC([]*policy.AuthorizationPolicy{
+		dry("a", policy.ActionAllow), dry("d", policy.ActionDeny), dry("l", policy.ActionAudit),
+	}, authzScope{})
+	if len(problems) != 0 {
+		t.Fatalf("unexpected problems %v", problems)
+	}
+	type shadow struct {
+		action rbacv3.RBAC_Action
+		prefix string
+	}
+	var got []shadow
+	for _, f := range HTTPRBACFilters(rules) {
+		var cfg rbachttpv3.RBAC
+		if err := f.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Rules != nil {
+			t.Errorf("a filter for dry-run policies enforces rules: %v", cfg.Rules)
+		}
+		if len(cfg.GetShadowRules().GetPolicies()) != 1 {
+			t.Errorf("shadow rules %v, want the policy's one rule", cfg.GetShadowRules())
+		}
+		got = append(got, shadow{cfg.GetShadowRules().GetAction(), cfg.ShadowRulesStatPrefix})
+	}
+	want := []shadow{{rbacv3.RBAC_LOG, ""}, {rbacv3.RBAC_DENY, "istio_dry_run_deny_"}, {rbacv3.RBAC_ALLOW, "istio_dry_run_allow_"}}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(shadow{})); diff != "" {
+		t.Errorf("shadow filters (-want +got):\n%s", diff)
+	}
+}

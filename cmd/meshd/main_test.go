@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/minimesh/minimesh/translate"
 	"github.com/minimesh/minimesh/xds/xdstest"
 )
 
@@ -119,6 +121,7 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"serve", "--config-dir", dir, "--bogus"}, wantCode: 2, wantErr: "flag provided but not defined: -bogus"},
 		{args: []string{"serve", "--config-dir", dir, "--log-level", "loud"}, wantCode: 2, wantErr: `--log-level "loud" is not one of`},
 		{args: []string{"serve", "--config-dir", dir, "--log-format", "xml"}, wantCode: 2, wantErr: `--log-format "xml" is not one of text, json`},
+		{args: []string{"serve", "--config-dir", dir, "--access-log-encoding", "yaml"}, wantCode: 2, wantErr: `--access-log-encoding "yaml" is not one of TEXT, JSON`},
 		{args: []string{"serve", "--config-dir", dir, "--root-namespace", "Istio_System"}, wantCode: 2, wantErr: "is not a namespace name"},
 		{args: []string{"serve", "--config-dir", dir, "--trust-domain", "a/b"}, wantCode: 2, wantErr: "is not a valid trust domain"},
 		{args: []string{"serve", "--config-dir", dir, "--cluster-domain", ""}, wantCode: 2, wantErr: "is not a DNS name"},
@@ -155,5 +158,28 @@ func TestCommandLine(t *testing.T) {
 				t.Errorf("stderr %q does not contain %q", stderr.String(), tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestAccessLogFlags: the access log is off unless --access-log-file is
+// given, and the flags reach translation as MeshConfig would set them.
+func TestAccessLogFlags(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want translate.AccessLog
+	}{
+		{nil, translate.AccessLog{Encoding: translate.AccessLogText}},
+		{[]string{"--access-log-file", "/dev/stdout"}, translate.AccessLog{File: "/dev/stdout", Encoding: translate.AccessLogText}},
+		{[]string{"--access-log-file", "/var/log/envoy.log", "--access-log-encoding", "json"}, translate.AccessLog{File: "/var/log/envoy.log", Encoding: translate.AccessLogJSON}},
+	} {
+		args := append([]string{"--config-dir", dir, "--xds-auth", "none"}, c.args...)
+		cfg, err := parseServeFlags(args, io.Discard, io.Discard)
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if cfg.AccessLog != c.want {
+			t.Errorf("%q: access log %+v, want %+v", args, cfg.AccessLog, c.want)
+		}
 	}
 }

@@ -66,6 +66,10 @@ type serveConfig struct {
 
 	JWKSRefresh time.Duration
 
+	// AccessLog is MeshConfig's accessLogFile / accessLogEncoding for
+	// Envoy sidecars; off when its File is empty.
+	AccessLog translate.AccessLog
+
 	XDSAuth      string
 	XDSTokenFile string
 	// XDSTokenAudiences are the audiences TokenReview accepts with
@@ -90,7 +94,7 @@ type serveConfig struct {
 // flag.ErrHelp after printing the help for --help.
 func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, error) {
 	var cfg serveConfig
-	var level, audiences, webhookHosts string
+	var level, audiences, webhookHosts, accessLogEncoding string
 	fs := flag.NewFlagSet("meshd serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML manifests to load and watch (or use --kubeconfig / --in-cluster)")
@@ -101,6 +105,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.ClusterDomain, "cluster-domain", "cluster.local", "DNS suffix of services (name.namespace.svc.DOMAIN)")
 	fs.StringVar(&level, "log-level", "info", "least severe log level shown: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&cfg.AccessLog.File, "access-log-file", "", "Envoy sidecars write an access log to this file, e.g. /dev/stdout "+
+		"(Istio's MeshConfig accessLogFile); empty: no access log. Proxyless gRPC workloads have none")
+	fs.StringVar(&accessLogEncoding, "access-log-encoding", "TEXT", "access log format: TEXT (Istio's default format) or JSON (Istio's accessLogEncoding)")
 	fs.StringVar(&cfg.XDSAddr, "xds-addr", "127.0.0.1:15010", "address of the ADS (xDS) gRPC server")
 	fs.StringVar(&cfg.MonitoringAddr, "monitoring-addr", "127.0.0.1:15014", "address of /metrics, /healthz, /readyz and /debug/*")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiler at /debug/pprof/ on --monitoring-addr (for performance work; keep that address private)")
@@ -163,6 +170,11 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	if err := cfg.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		return cfg, usagef("--log-level %q is not one of debug, info, warn, error", level)
 	}
+	encoding, err := translate.ParseAccessLogEncoding(accessLogEncoding)
+	if err != nil {
+		return cfg, usagef("--access-log-encoding %q is not one of TEXT, JSON", accessLogEncoding)
+	}
+	cfg.AccessLog.Encoding = encoding
 	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
 		return cfg, usagef("--log-format %q is not one of text, json", cfg.LogFormat)
 	}
@@ -327,6 +339,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	log.Info("meshd starting", "configDir", cfg.ConfigDir, "kubeconfig", cfg.Kubeconfig, "inCluster", cfg.InCluster,
 		"rootNamespace", cfg.RootNamespace, "trustDomain", cfg.TrustDomain, "clusterDomain", cfg.ClusterDomain)
+	if cfg.AccessLog.File != "" {
+		log.Info("sidecar access log on; proxyless gRPC workloads write none (gRPC has no access log)",
+			"accessLogFile", cfg.AccessLog.File, "accessLogEncoding", cfg.AccessLog.Encoding)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -383,6 +399,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DebounceMax:   cfg.DebounceMax,
 		Translate: translate.Options{
 			TrustDomain: cfg.TrustDomain, ClusterDomain: cfg.ClusterDomain, RootNamespace: cfg.RootNamespace,
+			AccessLog: cfg.AccessLog,
 		},
 		CA:            authority,
 		Authenticator: authn,

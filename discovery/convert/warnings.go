@@ -15,17 +15,19 @@ import (
 	"github.com/minimesh/minimesh/policy"
 )
 
-// Warnings finds what is valid object by object but wrong together, for
-// both sources to report alike: pods that share an IP
-// (DuplicatePodIPs), policies whose selector selects no workload
-// (policy.Set.UnmatchedSelectors) and, where endpoints come from
-// selectors, services whose selector selects no pod
+// Warnings finds what is valid object by object but wrong together, or
+// accepted but not acted on, for both sources to report alike: pods that
+// share an IP (DuplicatePodIPs), policies whose selector selects no
+// workload (policy.Set.UnmatchedSelectors), injection labels and
+// annotations minimesh does not act on (NotActedOn) and, where endpoints
+// come from selectors, services whose selector selects no pod
 // (ServicesSelectingNoPod). Each is a warning: nothing is skipped. The
 // problems name their objects and fields but no file; a source that knows
 // where an object was read adds that. The order does not depend on the
 // order of the inputs.
-func Warnings(services []*corev1.Service, pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice, policies *policy.Set, rootNamespace string, opts Options) []model.Problem {
+func Warnings(namespaces []model.Namespace, services []*corev1.Service, pods []*corev1.Pod, eps []*discoveryv1.EndpointSlice, policies *policy.Set, rootNamespace string, opts Options) []model.Problem {
 	out := DuplicatePodIPs(pods)
+	out = append(out, NotActedOn(namespaces, pods)...)
 	workloads := make([]policy.Workload, len(pods))
 	for i, p := range pods {
 		workloads[i] = policy.Workload{Namespace: p.Namespace, Labels: p.Labels}
@@ -133,4 +135,57 @@ func sortedPods(pods []*corev1.Pod) []*corev1.Pod {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return pods
+}
+
+// NotActedOn warns about the sidecar-injection labels and annotations Istio
+// users set and minimesh reads but does not act on: the namespace labels
+// istio-injection and istio.io/rev, and every sidecar.istio.io/ label or
+// annotation of a pod (inject, proxyCPU, status…). minimesh injects no
+// sidecar (issue 17 will), so a user who relies on them would otherwise
+// see a pod without a proxy and no reason. One warning per object names
+// every such key, so an object is reported once however many it carries;
+// the field is the key's path when there is one, else "metadata".
+func NotActedOn(namespaces []model.Namespace, pods []*corev1.Pod) []model.Problem {
+	const reason = "not acted on by minimesh: it does not inject sidecars (issue 17 will); " +
+		"give the workload an Envoy sidecar (meshctl bootstrap) or run it under meshctl agent yourself"
+	var out []model.Problem
+	report := func(kind, namespace, name string, keys []string) {
+		if len(keys) == 0 {
+			return
+		}
+		field := "metadata"
+		if len(keys) == 1 {
+			field, _, _ = strings.Cut(keys[0], "=")
+		}
+		out = append(out, model.Problem{
+			Severity: policy.SeverityWarning, Kind: kind, Namespace: namespace, Name: name, Field: field,
+			Message: strings.Join(keys, ", ") + " " + reason,
+		})
+	}
+	for _, ns := range namespaces {
+		var keys []string
+		for _, k := range []string{"istio-injection", "istio.io/rev"} {
+			if v, ok := ns.Labels[k]; ok {
+				keys = append(keys, "metadata.labels."+k+"="+v)
+			}
+		}
+		report("Namespace", "", ns.Name, keys)
+	}
+	for _, p := range sortedPods(pods) {
+		var keys []string
+		for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
+			if strings.HasPrefix(k, "sidecar.istio.io/") {
+				keys = append(keys, "metadata.labels."+k+"="+p.Labels[k])
+			}
+		}
+		// Annotation values can be long (sidecar.istio.io/status is a
+		// JSON document), so only their keys are named.
+		for _, k := range slices.Sorted(maps.Keys(p.Annotations)) {
+			if strings.HasPrefix(k, "sidecar.istio.io/") {
+				keys = append(keys, "metadata.annotations."+k)
+			}
+		}
+		report("Pod", p.Namespace, p.Name, keys)
+	}
+	return out
 }

@@ -130,16 +130,54 @@ func TestWarnings(t *testing.T) {
 		}
 		return out
 	}
-	derived := render(Warnings(services, pods, nil, set, "istio-system", Options{DeriveFromSelectors: true}))
+	derived := render(Warnings(nil, services, pods, nil, set, "istio-system", Options{DeriveFromSelectors: true}))
 	if want := []string{"AuthorizationPolicy default/none", "Pod default/b", "Service default/typo"}; !slices.Equal(derived, want) {
 		t.Errorf("with DeriveFromSelectors: %v, want %v", derived, want)
 	}
 	reversed := slices.Clone(pods)
 	slices.Reverse(reversed)
-	if again := render(Warnings(services, reversed, nil, set, "istio-system", Options{DeriveFromSelectors: true})); !slices.Equal(again, derived) {
+	if again := render(Warnings(nil, services, reversed, nil, set, "istio-system", Options{DeriveFromSelectors: true})); !slices.Equal(again, derived) {
 		t.Errorf("with the pods in reverse order: %v, want %v", again, derived)
 	}
-	if sliced := render(Warnings(services, pods, nil, set, "istio-system", Options{})); !slices.Equal(sliced, []string{"AuthorizationPolicy default/none", "Pod default/b"}) {
+	if sliced := render(Warnings(nil, services, pods, nil, set, "istio-system", Options{})); !slices.Equal(sliced, []string{"AuthorizationPolicy default/none", "Pod default/b"}) {
 		t.Errorf("without DeriveFromSelectors: %v, want no service warning", sliced)
+	}
+}
+
+// TestNotActedOn: Istio's injection labels and annotations are reported,
+// one warning per object naming every key; other istio.io keys that
+// minimesh acts on (security.istio.io/tlsMode) are not.
+func TestNotActedOn(t *testing.T) {
+	const reason = " not acted on by minimesh: it does not inject sidecars (issue 17 will); " +
+		"give the workload an Envoy sidecar (meshctl bootstrap) or run it under meshctl agent yourself"
+	namespaces := []model.Namespace{
+		{Name: "back-end", Labels: map[string]string{"istio-injection": "enabled"}},
+		{Name: "canary", Labels: map[string]string{"istio.io/rev": "1-22", "istio-injection": "disabled"}},
+		{Name: "plain", Labels: map[string]string{"team": "a"}},
+	}
+	pod := func(name string, labels, annotations map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Labels: labels, Annotations: annotations}}
+	}
+	pods := []*corev1.Pod{
+		pod("meshed", map[string]string{"security.istio.io/tlsMode": "istio", "app": "x"}, nil),
+		pod("tuned", map[string]string{"sidecar.istio.io/inject": "true"},
+			map[string]string{"sidecar.istio.io/proxyCPU": "100m", "sidecar.istio.io/status": `{"containers":["istio-proxy"]}`, "prometheus.io/scrape": "true"}),
+		pod("annotated", nil, map[string]string{"sidecar.istio.io/inject": "false"}),
+	}
+	var got []string
+	for _, p := range NotActedOn(namespaces, pods) {
+		if p.Severity != policy.SeverityWarning {
+			t.Errorf("%s: severity %s, want a warning", brief(p), p.Severity)
+		}
+		got = append(got, brief(p))
+	}
+	want := []string{
+		"Namespace /back-end metadata.labels.istio-injection: metadata.labels.istio-injection=enabled" + reason,
+		"Namespace /canary metadata: metadata.labels.istio-injection=disabled, metadata.labels.istio.io/rev=1-22" + reason,
+		"Pod default/annotated metadata.annotations.sidecar.istio.io/inject: metadata.annotations.sidecar.istio.io/inject" + reason,
+		"Pod default/tuned metadata: metadata.labels.sidecar.istio.io/inject=true, metadata.annotations.sidecar.istio.io/proxyCPU, metadata.annotations.sidecar.istio.io/status" + reason,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 }

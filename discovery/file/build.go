@@ -684,6 +684,7 @@ func (b *builder) addPolicy(o obj, apiVersion, kind string) func(*builder) {
 		Kind: kind, Namespace: o.ns, Name: o.name,
 		CreationTimestamp: env.Metadata.CreationTimestamp.Time,
 		Origin:            policy.Location{File: o.d.file, Line: o.d.line},
+		Annotations:       env.Metadata.Annotations,
 	}
 	spec := []byte(env.Spec)
 	if len(spec) == 0 {
@@ -748,7 +749,7 @@ func (b *builder) snapshot() *model.Snapshot {
 	for i, sl := range b.slices {
 		raw[i] = sl.slice
 	}
-	b.problems = append(b.problems, b.locate(convert.Warnings(b.services, b.pods, raw, &b.policies, b.opts.rootNamespace(), convertOptions))...)
+	b.problems = append(b.problems, b.locate(convert.Warnings(b.namespaces, b.services, b.pods, raw, &b.policies, b.opts.rootNamespace(), convertOptions))...)
 	s.Sort()
 	// Problems read best in file order; within a line, keep the order in
 	// which they were found (the order of the fields).

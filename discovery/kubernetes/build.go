@@ -101,7 +101,7 @@ func buildReportingConflicts(in inputs) (*model.Snapshot, policy.Problems) {
 	s.Policies.PeerAuthentications, conflicts = policy.ResolvePeerAuthenticationConflicts(
 		cmp.Or(in.rootNamespace, policy.DefaultRootNamespace), s.Policies.PeerAuthentications, workloads)
 	s.Problems = append(s.Problems, conflicts...)
-	s.Problems = append(s.Problems, convert.Warnings(services, in.pods, in.slices, &s.Policies, in.rootNamespace, convertOptions)...)
+	s.Problems = append(s.Problems, convert.Warnings(s.Namespaces, services, in.pods, in.slices, &s.Policies, in.rootNamespace, convertOptions)...)
 	slices.SortFunc(s.Problems, func(a, b model.Problem) int {
 		return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace),
 			cmp.Compare(a.Name, b.Name), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))

@@ -160,6 +160,10 @@ func TestBuildServicesWorkloadsEndpoints(t *testing.T) {
 			{Namespace: "default", Service: "stock", Port: 80, Endpoints: []model.Endpoint{}},
 		},
 		Problems: []model.Problem{{
+			Severity: policy.SeverityWarning, Kind: "Namespace", Name: "default", Field: "metadata.labels.istio-injection",
+			Message: "metadata.labels.istio-injection=enabled not acted on by minimesh: it does not inject sidecars (issue 17 will); " +
+				"give the workload an Envoy sidecar (meshctl bootstrap) or run it under meshctl agent yourself",
+		}, {
 			Severity: policy.SeverityWarning, Kind: "Service", Namespace: "default", Name: "external",
 			Field: "spec.type", Message: "type ExternalName is not supported; the service is not part of the mesh",
 		}},
@@ -456,12 +460,15 @@ spec:
 }
 
 // TestBuildMatchesFileSource is the promise of discovery/convert: one mesh
-// read from files or from a cluster gives deeply equal snapshots.
+// read from files or from a cluster gives deeply equal snapshots, with the
+// same warnings (here: istio-injection is not acted on).
 func TestBuildMatchesFileSource(t *testing.T) {
 	fromFiles := file.Build([]file.File{{Path: "mesh.yaml", Data: []byte(sameMesh)}}, file.Options{})
-	for _, p := range fromFiles.Problems {
-		t.Fatalf("the file source reports a problem, so the test mesh is wrong: %s", p)
+	if len(fromFiles.Problems) != 1 || !strings.Contains(fromFiles.Problems[0].Message, "istio-injection=enabled not acted on") {
+		t.Fatalf("the file source reports %v, want only the istio-injection warning; the test mesh is wrong", fromFiles.Problems)
 	}
+	// Only the file source knows where an object was written.
+	fromFiles.Problems[0].Location = policy.Location{}
 
 	fromCluster := build(clusterInputs(t, sameMesh))
 

@@ -158,6 +158,7 @@ func decodeObject(u *unstructured.Unstructured) decoded {
 		Namespace:         u.GetNamespace(),
 		Name:              u.GetName(),
 		CreationTimestamp: u.GetCreationTimestamp().UTC(),
+		Annotations:       u.GetAnnotations(),
 	}
 	var spec []byte
 	if raw, ok := u.Object["spec"]; ok && raw != nil {
