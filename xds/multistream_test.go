@@ -202,6 +202,7 @@ func TestCertificateGracePeriod(t *testing.T) {
 	h.srv.renewDue()
 	again, closeAgain := h.startClient(xdstest.Options{NodeID: node})
 	h.waitComplete(again)
+	h.waitFor(again, "a certificate", func() bool { return serialOf(again) != "" })
 	if got := serialOf(again); got != serial {
 		t.Errorf("serial after a reconnect within the grace period = %q, want %q", got, serial)
 	}
@@ -222,6 +223,9 @@ func TestCertificateGracePeriod(t *testing.T) {
 	}
 	late, _ := h.startClient(xdstest.Options{NodeID: node})
 	h.waitComplete(late)
+	// A complete configuration need not hold the secret yet: it is issued
+	// when the node comes back.
+	h.waitFor(late, "a certificate", func() bool { return serialOf(late) != "" })
 	if got := serialOf(late); got == serial {
 		t.Error("a proxy back after the grace period got the old certificate")
 	}
