@@ -111,13 +111,14 @@ func writeMesh(dir string, s meshSpec) (*generatedMesh, error) {
 	return g, nil
 }
 
+// writeNamespace writes a plain namespace: the simulated proxies are the
+// mesh, so no injection label (which minimesh would report as not acted
+// on) is needed.
 func writeNamespace(b *strings.Builder, name string) {
 	fmt.Fprintf(b, `apiVersion: v1
 kind: Namespace
 metadata:
   name: %s
-  labels:
-    istio-injection: enabled
 `, name)
 }
 
