@@ -13,6 +13,7 @@ import (
 
 	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
+	"github.com/minimesh/minimesh/xds/internal/clip"
 )
 
 // Defaults for Options.CSRRate and CSRBurst: a deployment of a hundred
@@ -32,8 +33,10 @@ const (
 // the request asks for: the request's subject and SANs are ignored (as
 // istiod ignores them), so a token for A with a request for B gets a
 // certificate for A. Only with authentication off (auth.None), when meshd
-// hands any identity to anyone who asks over xDS anyway, is the identity
-// the request's one SPIFFE URI SAN.
+// hands any identity to anyone who asks over xDS anyway, does it decide as
+// it does for an xDS stream: the node ID in the request's metadata
+// (MetadataNodeID) names a pod, and the pod's namespace and service
+// account are the identity.
 //
 // The response chain is Istio's: the workload certificate, any
 // intermediates, and last the trust bundle (which may hold more than one
@@ -43,6 +46,10 @@ type certService struct {
 	s       *Server
 	limiter *identityLimiter
 }
+
+// MetadataNodeID is the key of IstioCertificateRequest.metadata that
+// names the caller's node ID. meshd reads it only with authentication off.
+const MetadataNodeID = "minimesh.io/node-id"
 
 // CreateCertificate implements securityv1alpha1.IstioCertificateServiceServer.
 func (c *certService) CreateCertificate(ctx context.Context, req *securityv1alpha1.IstioCertificateRequest) (*securityv1alpha1.IstioCertificateResponse, error) {
@@ -67,12 +74,14 @@ func (c *certService) CreateCertificate(ctx context.Context, req *securityv1alph
 		return nil, status.Errorf(codes.InvalidArgument, "the certificate request is %d bytes, more than the %d meshd accepts", len(csrPEM), ca.MaxCSRSize)
 	}
 	if id.Anonymous {
-		ns, sa, err := s.opts.CA.ClaimedIdentity(csrPEM)
-		if err != nil {
+		if id, err = s.anonymousIdentity(req); err != nil {
+			code := codes.InvalidArgument
+			if errors.Is(err, auth.ErrPodUnknown) {
+				code = codes.Unavailable
+			}
 			s.m.csrs.WithLabelValues("invalid").Inc()
-			return nil, status.Errorf(codes.InvalidArgument, "minimesh cannot sign the certificate request: %v", err)
+			return nil, status.Errorf(code, "minimesh cannot sign the certificate request: %v", err)
 		}
-		id = auth.Identity{Namespace: ns, ServiceAccount: sa}
 	} else if id.Namespace == "" || id.ServiceAccount == "" {
 		// A broken authenticator must not open every door.
 		s.m.csrs.WithLabelValues("error").Inc()
@@ -132,4 +141,30 @@ func splitPEM(data []byte) ([]string, error) {
 		return nil, fmt.Errorf("no PEM block in %d bytes", len(data))
 	}
 	return out, nil
+}
+
+// anonymousIdentity is the identity of a request with authentication off:
+// that of the pod its node ID names, as auth.Authorize gives an anonymous
+// xDS stream. Errors wrap auth.ErrBadNodeID or auth.ErrPodUnknown.
+func (s *Server) anonymousIdentity(req *securityv1alpha1.IstioCertificateRequest) (auth.Identity, error) {
+	raw := req.GetMetadata().GetFields()[MetadataNodeID].GetStringValue()
+	if raw == "" {
+		return auth.Identity{}, fmt.Errorf("%w: without authentication meshd needs the node ID in the request's metadata %q", auth.ErrBadNodeID, MetadataNodeID)
+	}
+	node, err := auth.ParseNodeID(raw)
+	if err != nil {
+		return auth.Identity{}, err
+	}
+	if cd := s.opts.Translate.ClusterDomain; node.ClusterDomain() != cd {
+		return auth.Identity{}, fmt.Errorf("%w %q: its cluster domain is not this mesh's, %q", auth.ErrBadNodeID, clip.String(raw), cd)
+	}
+	var podSA string
+	s.mu.Lock()
+	if s.model != nil {
+		if w := s.model.Workload(node.Namespace, node.Pod); w != nil {
+			podSA = w.ServiceAccount
+		}
+	}
+	s.mu.Unlock()
+	return auth.Authorize(auth.Identity{Anonymous: true}, node, podSA)
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/minimesh/minimesh/xds/auth"
@@ -212,23 +213,41 @@ func TestCreateCertificateRateLimitsPerIdentity(t *testing.T) {
 	}
 }
 
-// With authentication off the identity is the request's one SPIFFE ID,
-// as it is the node's on xDS; a request without one is refused.
+// With authentication off the identity is that of the pod the node ID in
+// the metadata names, as on xDS; the request's own SAN counts for nothing,
+// and a pod meshd does not know yet is Unavailable, to be retried.
 func TestCreateCertificateWithoutAuthentication(t *testing.T) {
 	h := newHarness(t, nil)
+	h.update(mesh(t, shop...))
 	client := securityv1alpha1.NewIstioCertificateServiceClient(h.conn)
+	asNode := func(id string) *structpb.Struct {
+		return &structpb.Struct{Fields: map[string]*structpb.Value{MetadataNodeID: structpb.NewStringValue(id)}}
+	}
 	resp, err := client.CreateCertificate(h.ctx, &securityv1alpha1.IstioCertificateRequest{
-		Csr: newCSR(t, p256(t), "spiffe://cluster.local/ns/shop/sa/cart"),
+		Csr:      newCSR(t, p256(t), "spiffe://cluster.local/ns/kube-system/sa/admin"),
+		Metadata: asNode(nodeID("product-0", "default", "127.0.0.2")),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := verifyChain(t, h, resp).URIs[0].String(); got != "spiffe://cluster.local/ns/shop/sa/cart" {
-		t.Errorf("certificate for %s", got)
+	if got := verifyChain(t, h, resp).URIs[0].String(); got != "spiffe://cluster.local/ns/default/sa/product" {
+		t.Errorf("certificate for %s, want product's", got)
 	}
-	_, err = client.CreateCertificate(h.ctx, &securityv1alpha1.IstioCertificateRequest{Csr: newCSR(t, p256(t))})
-	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "0 URI SANs") {
-		t.Fatalf("request without a SPIFFE ID: %v; want InvalidArgument naming the missing SAN", err)
+	for _, tt := range []struct {
+		name  string
+		md    *structpb.Struct
+		code  codes.Code
+		words string
+	}{
+		{"no node ID", nil, codes.InvalidArgument, MetadataNodeID},
+		{"bad node ID", asNode("product-0"), codes.InvalidArgument, "bad node ID"},
+		{"other cluster domain", asNode(auth.SidecarNodeID("127.0.0.2", "product-0", "default", "example.org").String()), codes.InvalidArgument, "cluster domain"},
+		{"unknown pod", asNode(nodeID("ghost-0", "default", "127.0.0.9")), codes.Unavailable, "not known yet"},
+	} {
+		_, err := client.CreateCertificate(h.ctx, &securityv1alpha1.IstioCertificateRequest{Csr: newCSR(t, p256(t)), Metadata: tt.md})
+		if st := status.Convert(err); st.Code() != tt.code || !strings.Contains(st.Message(), tt.words) {
+			t.Errorf("%s: %v; want %v with a message containing %q", tt.name, err, tt.code, tt.words)
+		}
 	}
 }
 

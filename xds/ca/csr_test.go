@@ -156,40 +156,6 @@ func TestSignCSRLifetime(t *testing.T) {
 	}
 }
 
-func TestClaimedIdentity(t *testing.T) {
-	now, _ := fakeClock(t0)
-	c := newSelfSigned(t, t.TempDir(), now)
-	key := mustKey(t)
-	withURIs := func(uris ...string) []byte {
-		var us []*url.URL
-		for _, s := range uris {
-			u, err := url.Parse(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			us = append(us, u)
-		}
-		return makeCSR(t, key, &x509.CertificateRequest{URIs: us})
-	}
-	ns, sa, err := c.ClaimedIdentity(withURIs("spiffe://cluster.local/ns/default/sa/web"))
-	if err != nil || ns != "default" || sa != "web" {
-		t.Fatalf("ClaimedIdentity = %q, %q, %v; want default, web", ns, sa, err)
-	}
-	for name, tt := range map[string]struct {
-		csr  []byte
-		want string
-	}{
-		"no SAN":         {withURIs(), "0 URI SANs"},
-		"two SANs":       {withURIs("spiffe://cluster.local/ns/a/sa/b", "spiffe://cluster.local/ns/c/sa/d"), "2 URI SANs"},
-		"other domain":   {withURIs("spiffe://evil.example/ns/default/sa/web"), "is not spiffe://cluster.local/ns/"},
-		"extra segments": {withURIs("spiffe://cluster.local/ns/default/sa/web/x"), `service account "web/x"`},
-	} {
-		if _, _, err := c.ClaimedIdentity(tt.csr); err == nil || !errors.Is(err, ErrBadCSR) || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: err = %v, want ErrBadCSR containing %q", name, err, tt.want)
-		}
-	}
-}
-
 func ed25519Key(t *testing.T) ed25519.PrivateKey {
 	t.Helper()
 	_, k, err := ed25519.GenerateKey(rand.Reader)

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/minimesh/minimesh/xds/internal/clip"
@@ -42,7 +41,7 @@ func (c *CA) Issue(ns, sa string) (*Certificate, error) {
 // extensions a client adds and nothing else.
 const MaxCSRSize = 64 << 10
 
-// ErrBadCSR is wrapped by every SignCSR and ClaimedIdentity error that is
+// ErrBadCSR is wrapped by every SignCSR error that is
 // the request's fault (not PEM, not a request, a bad signature, a key type
 // workloads cannot use), so a server can answer InvalidArgument.
 var ErrBadCSR = errors.New("bad certificate request")
@@ -63,32 +62,6 @@ func (c *CA) SignCSR(csrPEM []byte, ns, sa string, ttl time.Duration) (*Certific
 		return nil, fmt.Errorf("certificate request for %s/%s: %w", ns, sa, err)
 	}
 	return c.sign(csr.PublicKey, ns, sa, c.clampTTL(ttl))
-}
-
-// ClaimedIdentity is the (ns, sa) a certificate request asks for in its one
-// SPIFFE URI SAN, which must be in the CA's trust domain. Only a server
-// that authenticates nobody (auth.None) may use it, and then only because
-// it would hand the same identity to anyone who asked for it over xDS.
-func (c *CA) ClaimedIdentity(csrPEM []byte) (ns, sa string, err error) {
-	csr, err := parseCSR(csrPEM)
-	if err != nil {
-		return "", "", err
-	}
-	if len(csr.URIs) != 1 {
-		return "", "", fmt.Errorf("%w: it has %d URI SANs; without authentication the identity comes from exactly one, spiffe://%s/ns/<namespace>/sa/<service account>",
-			ErrBadCSR, len(csr.URIs), c.trustDomain)
-	}
-	u := csr.URIs[0]
-	prefix := "spiffe://" + c.trustDomain + "/ns/"
-	rest, ok := strings.CutPrefix(u.String(), prefix)
-	ns, sa, ok2 := strings.Cut(rest, "/sa/")
-	if !ok || !ok2 {
-		return "", "", fmt.Errorf("%w: URI SAN %q is not %s<namespace>/sa/<service account>", ErrBadCSR, clip.String(u.String()), prefix)
-	}
-	if err := ValidateIdentity(ns, sa); err != nil {
-		return "", "", fmt.Errorf("%w: URI SAN: %w", ErrBadCSR, err)
-	}
-	return ns, sa, nil
 }
 
 // parseCSR decodes a PEM certificate request and checks its size, its
