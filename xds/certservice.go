@@ -35,7 +35,7 @@ const (
 // certificate for A. Only with authentication off (auth.None), when meshd
 // hands any identity to anyone who asks over xDS anyway, does it decide as
 // it does for an xDS stream: the node ID in the request's metadata
-// (MetadataNodeID) names a pod, and the pod's namespace and service
+// (auth.MetadataNodeID) names a pod, and the pod's namespace and service
 // account are the identity.
 //
 // The response chain is Istio's: the workload certificate, any
@@ -46,10 +46,6 @@ type certService struct {
 	s       *Server
 	limiter *identityLimiter
 }
-
-// MetadataNodeID is the key of IstioCertificateRequest.metadata that
-// names the caller's node ID. meshd reads it only with authentication off.
-const MetadataNodeID = "minimesh.io/node-id"
 
 // CreateCertificate implements securityv1alpha1.IstioCertificateServiceServer.
 func (c *certService) CreateCertificate(ctx context.Context, req *securityv1alpha1.IstioCertificateRequest) (*securityv1alpha1.IstioCertificateResponse, error) {
@@ -147,9 +143,9 @@ func splitPEM(data []byte) ([]string, error) {
 // that of the pod its node ID names, as auth.Authorize gives an anonymous
 // xDS stream. Errors wrap auth.ErrBadNodeID or auth.ErrPodUnknown.
 func (s *Server) anonymousIdentity(req *securityv1alpha1.IstioCertificateRequest) (auth.Identity, error) {
-	raw := req.GetMetadata().GetFields()[MetadataNodeID].GetStringValue()
+	raw := req.GetMetadata().GetFields()[auth.MetadataNodeID].GetStringValue()
 	if raw == "" {
-		return auth.Identity{}, fmt.Errorf("%w: without authentication meshd needs the node ID in the request's metadata %q", auth.ErrBadNodeID, MetadataNodeID)
+		return auth.Identity{}, fmt.Errorf("%w: without authentication meshd needs the node ID in the request's metadata %q", auth.ErrBadNodeID, auth.MetadataNodeID)
 	}
 	node, err := auth.ParseNodeID(raw)
 	if err != nil {

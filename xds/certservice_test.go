@@ -221,7 +221,7 @@ func TestCreateCertificateWithoutAuthentication(t *testing.T) {
 	h.update(mesh(t, shop...))
 	client := securityv1alpha1.NewIstioCertificateServiceClient(h.conn)
 	asNode := func(id string) *structpb.Struct {
-		return &structpb.Struct{Fields: map[string]*structpb.Value{MetadataNodeID: structpb.NewStringValue(id)}}
+		return &structpb.Struct{Fields: map[string]*structpb.Value{auth.MetadataNodeID: structpb.NewStringValue(id)}}
 	}
 	resp, err := client.CreateCertificate(h.ctx, &securityv1alpha1.IstioCertificateRequest{
 		Csr:      newCSR(t, p256(t), "spiffe://cluster.local/ns/kube-system/sa/admin"),
@@ -239,7 +239,7 @@ func TestCreateCertificateWithoutAuthentication(t *testing.T) {
 		code  codes.Code
 		words string
 	}{
-		{"no node ID", nil, codes.InvalidArgument, MetadataNodeID},
+		{"no node ID", nil, codes.InvalidArgument, auth.MetadataNodeID},
 		{"bad node ID", asNode("product-0"), codes.InvalidArgument, "bad node ID"},
 		{"other cluster domain", asNode(auth.SidecarNodeID("127.0.0.2", "product-0", "default", "example.org").String()), codes.InvalidArgument, "cluster domain"},
 		{"unknown pod", asNode(nodeID("ghost-0", "default", "127.0.0.9")), codes.Unavailable, "not known yet"},
