@@ -17,14 +17,14 @@
 // snapshot; a debouncer merges bursts; each push translates the model once
 // per proxy group (replicas of one workload share a translation), checks the
 // result, and publishes it. A group whose new resources fail a check keeps
-// serving its last good snapshot. Secrets are per proxy: each proxy (node
-// ID) gets its own certificate from the CA over SDS on the same stream,
-// renewed at half its lifetime.
+// serving its last good snapshot. Secrets are per proxy: each Envoy proxy
+// (node ID) that asks gets its own certificate from the CA over SDS on the
+// same stream, renewed at half its lifetime. Proxyless workloads make their
+// own key and get it certified by CSR instead (certService).
 //
 // A proxy may hold several streams at once under one node ID: a proxyless
-// workload under meshctl agent has the agent's SDS stream and one stream
-// per gRPC xDS client, for hours. So the server keeps two levels of state:
-// per stream the exchange (what was sent, ACKed, NACKed), per node the
+// workload under meshctl agent has one stream per gRPC xDS client, for
+// hours. So the server keeps two levels of state: per stream the exchange (what was sent, ACKed, NACKed), per node the
 // workload, group, snapshots and certificate. The certificate is issued
 // when the first stream of a node asks for SDS, shared by all of them,
 // renewed once per node, and kept for a short grace period after the last

@@ -39,8 +39,8 @@ type streamKey struct {
 }
 
 // stream is what the server knows about one ADS stream. A node may have
-// several at once (a proxyless workload under meshctl agent has the agent's
-// SDS stream plus one per gRPC xDS client), so everything that belongs to
+// several at once (a proxyless workload under meshctl agent has one per
+// gRPC xDS client), so everything that belongs to
 // the proxy rather than to the exchange lives in its nodeState. Fields are
 // guarded by Server.mu.
 type stream struct {
