@@ -17,6 +17,7 @@ type metrics struct {
 	nacks          *prometheus.CounterVec
 	configErrors   *prometheus.CounterVec
 	rejected       *prometheus.CounterVec
+	csrs           *prometheus.CounterVec
 	certsIssued    prometheus.Counter
 	rootExpiry     prometheus.Gauge
 	workloadExpiry prometheus.Gauge
@@ -66,6 +67,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "minimesh_xds_rejected_streams_total",
 			Help: "ADS streams refused, by reason (node_id, unauthenticated, auth_unavailable, permission_denied, too_many_names, unknown_type).",
 		}, []string{"reason"}),
+		csrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "minimesh_ca_csr_requests_total",
+			Help: "CreateCertificate calls, by result (signed, unauthenticated, auth_unavailable, invalid, rate_limited, error).",
+		}, []string{"result"}),
 		certsIssued: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "minimesh_ca_certificates_issued_total",
 			Help: "Workload certificates issued, first issues and renewals.",
@@ -81,7 +86,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.connected, m.streams, m.pushes, m.pushBuild, m.debounce, m.convergence, m.nacks,
-		m.configErrors, m.rejected, m.certsIssued, m.rootExpiry, m.workloadExpiry,
+		m.configErrors, m.rejected, m.csrs, m.certsIssued, m.rootExpiry, m.workloadExpiry,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

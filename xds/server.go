@@ -17,14 +17,14 @@
 // snapshot; a debouncer merges bursts; each push translates the model once
 // per proxy group (replicas of one workload share a translation), checks the
 // result, and publishes it. A group whose new resources fail a check keeps
-// serving its last good snapshot. Secrets are per proxy: each proxy (node
-// ID) gets its own certificate from the CA over SDS on the same stream,
-// renewed at half its lifetime.
+// serving its last good snapshot. Secrets are per proxy: each Envoy proxy
+// (node ID) that asks gets its own certificate from the CA over SDS on the
+// same stream, renewed at half its lifetime. Proxyless workloads make their
+// own key and get it certified by CSR instead (certService).
 //
 // A proxy may hold several streams at once under one node ID: a proxyless
-// workload under meshctl agent has the agent's SDS stream and one stream
-// per gRPC xDS client, for hours. So the server keeps two levels of state:
-// per stream the exchange (what was sent, ACKed, NACKed), per node the
+// workload under meshctl agent has one stream per gRPC xDS client, for
+// hours. So the server keeps two levels of state: per stream the exchange (what was sent, ACKed, NACKed), per node the
 // workload, group, snapshots and certificate. The certificate is issued
 // when the first stream of a node asks for SDS, shared by all of them,
 // renewed once per node, and kept for a short grace period after the last
@@ -66,6 +66,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/minimesh/minimesh/discovery/model"
 	"github.com/minimesh/minimesh/translate"
@@ -92,7 +93,13 @@ type Options struct {
 	// CA issues workload certificates. Without one, no secrets are served
 	// and SDS requests stay unanswered.
 	CA *ca.CA
-	// Authenticator checks the bearer token of each stream; nil means
+	// CSRRate and CSRBurst limit the certificate requests signed for one
+	// identity: a token bucket of CSRBurst refilled at CSRRate a second
+	// (defaults DefaultCSRRate, DefaultCSRBurst).
+	CSRRate  float64
+	CSRBurst int
+	// Authenticator checks the bearer token of each stream and each
+	// certificate request; nil means
 	// auth.None (any caller, identity taken from the node ID and the pod).
 	Authenticator auth.Authenticator
 	// Registry receives the metrics; nil means a private registry. Handler
@@ -190,6 +197,15 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.SendBudget == 0 {
 		opts.SendBudget = DefaultSendBudget
+	}
+	if opts.CSRRate < 0 || opts.CSRBurst < 0 {
+		return nil, fmt.Errorf("the certificate request rate limit must not be negative (%g a second, burst %d)", opts.CSRRate, opts.CSRBurst)
+	}
+	if opts.CSRRate == 0 {
+		opts.CSRRate = DefaultCSRRate
+	}
+	if opts.CSRBurst == 0 {
+		opts.CSRBurst = DefaultCSRBurst
 	}
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -343,7 +359,8 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, lis)
 }
 
-// Serve serves ADS on lis until ctx ends, then closes lis and every stream.
+// Serve serves ADS, and with a CA Istio's certificate service
+// (certService), on lis until ctx ends, then closes lis and every stream.
 // It may be called once per Server.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if !s.served.CompareAndSwap(false, true) {
@@ -366,6 +383,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	)
 	xs := serverv3.NewServer(ctx, s.cache, s.callbacks(), serverOption(s.log))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, &adsService{s: s, xds: xs})
+	if s.opts.CA != nil {
+		securityv1alpha1.RegisterIstioCertificateServiceServer(gs, &certService{s: s, limiter: newIdentityLimiter(s.opts.CSRRate, s.opts.CSRBurst)})
+	}
 
 	var wg sync.WaitGroup
 	wg.Add(2)

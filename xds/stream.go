@@ -39,8 +39,8 @@ type streamKey struct {
 }
 
 // stream is what the server knows about one ADS stream. A node may have
-// several at once (a proxyless workload under meshctl agent has the agent's
-// SDS stream plus one per gRPC xDS client), so everything that belongs to
+// several at once (a proxyless workload under meshctl agent has one per
+// gRPC xDS client), so everything that belongs to
 // the proxy rather than to the exchange lives in its nodeState. Fields are
 // guarded by Server.mu.
 type stream struct {
@@ -421,19 +421,7 @@ func (s deltaStream) Recv() (*discoveryv3.DeltaDiscoveryRequest, error) { return
 // authenticate checks the stream's bearer token and returns a context
 // carrying the identity it proves, and the stream's gate.
 func (s *Server) authenticate(ctx context.Context) (context.Context, *streamGate, error) {
-	a := s.opts.Authenticator
-	var id auth.Identity
-	var err error
-	switch a.(type) {
-	case auth.None, *auth.None:
-		id = auth.Identity{Anonymous: true}
-	default:
-		var token string
-		token, err = auth.BearerToken(ctx)
-		if err == nil {
-			id, err = a.Authenticate(ctx, token)
-		}
-	}
+	id, err := s.caller(ctx)
 	if err != nil {
 		reason := "unauthenticated"
 		if errors.Is(err, auth.ErrUnavailable) {
@@ -445,6 +433,22 @@ func (s *Server) authenticate(ctx context.Context) (context.Context, *streamGate
 	}
 	gate := &streamGate{s: s}
 	return context.WithValue(ctx, identityKey{}, streamContext{identity: id, gate: gate}), gate, nil
+}
+
+// caller is the identity the bearer token of an incoming call proves, or
+// the anonymous identity when authentication is off. Errors wrap auth's
+// classes (ErrUnauthenticated, ErrUnavailable).
+func (s *Server) caller(ctx context.Context) (auth.Identity, error) {
+	a := s.opts.Authenticator
+	switch a.(type) {
+	case auth.None, *auth.None:
+		return auth.Identity{Anonymous: true}, nil
+	}
+	token, err := auth.BearerToken(ctx)
+	if err != nil {
+		return auth.Identity{}, err
+	}
+	return a.Authenticate(ctx, token)
 }
 
 // refusal is the gRPC status a refused stream ends with.

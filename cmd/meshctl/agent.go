@@ -17,11 +17,12 @@ import (
 
 const agentUsage = `Usage: meshctl agent --pod NAME --namespace NS --ip IP [flags] [-- COMMAND ARGS...]
 
-Does for a proxyless gRPC workload what Istio's agent does: obtains the
-workload's certificate and trust bundle from meshd over xDS (authenticated
-like a proxy), writes them to --cert-dir and renews them when meshd rotates
-them, writes a gRPC xDS bootstrap, and runs COMMAND with GRPC_XDS_BOOTSTRAP
-set. Signals are forwarded; the agent exits with the command's status.
+Does for a proxyless gRPC workload what Istio's agent does: makes the
+workload's private key, has meshd sign a certificate request for it
+(Istio's CreateCertificate, authenticated like a proxy), writes key, chain
+and trust bundle to --cert-dir and renews them at half their lifetime,
+writes a gRPC xDS bootstrap, and runs COMMAND with GRPC_XDS_BOOTSTRAP
+set. The key never leaves --cert-dir. Signals are forwarded; the agent exits with the command's status.
 
 Without "-- COMMAND", it prints the bootstrap and keeps the certificates
 fresh until interrupted.

@@ -135,6 +135,7 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "kubernetes"}, wantCode: 2, wantErr: "--xds-auth=kubernetes reviews tokens with the API server, so it needs --kubeconfig or --in-cluster"},
 		{args: []string{"serve", "--kubeconfig", file, "--xds-token-audience", " , "}, wantCode: 2, wantErr: "--xds-token-audience is empty"},
 		{args: []string{"serve", "--kubeconfig", file, "--xds-token-file", file}, wantCode: 2, wantErr: "--xds-token-file is only read with --xds-auth=static, not kubernetes"},
+		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--csr-burst", "0"}, wantCode: 2, wantErr: "--csr-rate (10) and --csr-burst (0) must be positive"},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--debounce-after", "2s"}, wantCode: 2, wantErr: "--debounce-after (2s) must be positive and at most --debounce-max (1s)"},
 		{args: []string{"serve", "--config-dir", dir, "--xds-auth", "none", "--webhook-addr", ":15017"}, wantCode: 2,
 			wantErr: "--webhook-addr serves the Kubernetes API server's admission requests, so it needs --kubeconfig or --in-cluster"},

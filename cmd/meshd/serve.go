@@ -72,6 +72,10 @@ type serveConfig struct {
 
 	XDSAuth      string
 	XDSTokenFile string
+	// CSRRate and CSRBurst limit the certificate requests meshd signs
+	// per identity (a token bucket).
+	CSRRate  float64
+	CSRBurst int
 	// XDSTokenAudiences are the audiences TokenReview accepts with
 	// --xds-auth=kubernetes.
 	XDSTokenAudiences []string
@@ -119,6 +123,8 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	fs.StringVar(&cfg.CAChain, "ca-chain", "", "plug-in CA: chain PEM from --ca-cert up to and including the organisation root")
 	fs.DurationVar(&cfg.JWKSRefresh, "jwks-refresh", 20*time.Minute, "how often key sets named by RequestAuthentication jwksUri are fetched again")
 	fs.DurationVar(&cfg.WorkloadTTL, "workload-cert-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half)")
+	fs.Float64Var(&cfg.CSRRate, "csr-rate", xds.DefaultCSRRate, "certificate requests (IstioCertificateService) meshd signs per identity and second, after --csr-burst")
+	fs.IntVar(&cfg.CSRBurst, "csr-burst", xds.DefaultCSRBurst, "certificate requests meshd signs for one identity at once before --csr-rate applies")
 	fs.StringVar(&cfg.XDSAuth, "xds-auth", "", "how xDS callers authenticate: kubernetes (service-account tokens checked with TokenReview; "+
 		"the default with --kubeconfig/--in-cluster), static (bearer tokens from --xds-token-file; the default with --config-dir) or none (local use only)")
 	fs.StringVar(&cfg.XDSTokenFile, "xds-token-file", "", "with --xds-auth=static: file of 'token,namespace,serviceaccount' lines")
@@ -192,6 +198,9 @@ func parseServeFlags(args []string, stdout, stderr io.Writer) (serveConfig, erro
 	}
 	if !plugin && cfg.CADir == "" {
 		return cfg, usagef("--ca-dir is empty: name a directory for the CA root, or use --ca-cert/--ca-key/--ca-chain")
+	}
+	if cfg.CSRRate <= 0 || cfg.CSRBurst <= 0 {
+		return cfg, usagef("--csr-rate (%g) and --csr-burst (%d) must be positive", cfg.CSRRate, cfg.CSRBurst)
 	}
 	if cfg.XDSAuth == "" {
 		cfg.XDSAuth = "static"
@@ -402,6 +411,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			AccessLog: cfg.AccessLog,
 		},
 		CA:            authority,
+		CSRRate:       cfg.CSRRate,
+		CSRBurst:      cfg.CSRBurst,
 		Authenticator: authn,
 		Registry:      registry,
 		Log:           log, // the server adds component=xds itself

@@ -1,9 +1,13 @@
 // Package agent does for a proxyless gRPC workload what Istio's agent does
-// for it: it obtains the workload's certificate and trust bundle from meshd
-// over SDS, writes them to files that gRPC's file_watcher certificate
-// provider reads, renews them whenever meshd pushes a rotated certificate,
-// writes the gRPC xDS bootstrap, and runs the workload with
-// GRPC_XDS_BOOTSTRAP pointing at it.
+// for it: it makes the workload's private key (ECDSA P-256) itself, gets it
+// certified by meshd with a certificate signing request (Istio's
+// IstioCertificateService/CreateCertificate, with the workload's token),
+// writes key, chain and trust bundle to files that gRPC's file_watcher
+// certificate provider reads, renews them at half their lifetime, writes
+// the gRPC xDS bootstrap, and runs the workload with GRPC_XDS_BOOTSTRAP
+// pointing at it. The key never leaves the agent's certificate directory:
+// meshd sees only the request, and the agent asks meshd for no secret over
+// xDS. The bundle is the last entry of meshd's answer, as in Istio.
 //
 // The agent is also the workload's xDS proxy, as Istio's agent is. The
 // bootstrap points gRPC at a local socket of the agent, and the agent relays
@@ -26,12 +30,11 @@
 // workload stream is ended, with Unavailable, and gRPC reconnects it while
 // keeping the configuration it holds.
 //
-// The certificate comes over a separate, long-lived upstream stream that
-// asks only for the secrets and that no workload stream can disturb. All
-// streams present the same node, so meshd sees one proxy with several
-// streams and issues its certificate once, to the stream that asks for it.
-// While meshd is down the files stay as they are and the workload keeps
-// serving with its last configuration.
+// Certificates do not depend on any of those streams: each is one unary
+// call, made at start and at half the lifetime of the certificate in use.
+// When a call fails (meshd down, rate limited) the files stay as they are,
+// the workload keeps serving with its certificate and last configuration,
+// and the call is retried with backoff.
 package agent
 
 import (
@@ -50,6 +53,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/minimesh/minimesh/xds/auth"
 )
@@ -124,6 +128,7 @@ type Agent struct {
 
 	conn     *grpc.ClientConn
 	ads      discoveryv3.AggregatedDiscoveryServiceClient
+	ca       securityv1alpha1.IstioCertificateServiceClient
 	lis      net.Listener
 	proxyURI string
 	server   *grpc.Server
@@ -280,6 +285,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.conn = conn
 	a.ads = discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	a.ca = securityv1alpha1.NewIstioCertificateServiceClient(conn)
 	// The context exists before the endpoint serves: relays derive theirs
 	// from it.
 	a.ctx, a.cancel = context.WithCancel(ctx)

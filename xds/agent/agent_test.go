@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -24,18 +26,20 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
-	"google.golang.org/protobuf/types/known/anypb"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
+	"github.com/minimesh/minimesh/xds/auth"
 	"github.com/minimesh/minimesh/xds/ca"
 	"github.com/minimesh/minimesh/xds/xdstest"
 )
@@ -61,9 +65,88 @@ type fakeMeshd struct {
 	closed   int            // streams closed so far
 	changed  chan struct{}
 	version  int
-	// What the snapshot holds besides nothing: set with setSecrets and
-	// setListeners, published together.
-	secrets, listeners []types.Resource
+	// listeners is what the snapshot holds (setListeners).
+	listeners []types.Resource
+
+	// The certificate service: signer signs every request for
+	// default/product and the answer ends with bundle (signer's own root
+	// when nil), unless fail is set; csrs records every call.
+	signer *ca.CA
+	bundle []byte
+	fail   codes.Code
+	csrs   []csrCall
+}
+
+// csrCall is one CreateCertificate call the fake meshd received.
+type csrCall struct {
+	token, nodeID string
+	csr           *x509.CertificateRequest
+	at            time.Time
+	serial        string // of the certificate sent; empty when refused
+}
+
+// fakeCertService is the fake meshd's IstioCertificateService.
+type fakeCertService struct {
+	securityv1alpha1.UnimplementedIstioCertificateServiceServer
+	f *fakeMeshd
+}
+
+func (c fakeCertService) CreateCertificate(ctx context.Context, req *securityv1alpha1.IstioCertificateRequest) (*securityv1alpha1.IstioCertificateResponse, error) {
+	f := c.f
+	md, _ := metadata.FromIncomingContext(ctx)
+	call := csrCall{
+		token:  strings.Join(md.Get("authorization"), ","),
+		nodeID: req.GetMetadata().GetFields()[auth.MetadataNodeID].GetStringValue(),
+		at:     time.Now(),
+	}
+	if block, _ := pem.Decode([]byte(req.GetCsr())); block != nil {
+		call.csr, _ = x509.ParseCertificateRequest(block.Bytes)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.notifyLocked()
+	if f.fail != codes.OK {
+		f.csrs = append(f.csrs, call)
+		return nil, status.Error(f.fail, "the test refuses certificate requests")
+	}
+	cert, err := f.signer.SignCSR([]byte(req.GetCsr()), testNS, "product", 0)
+	if err != nil {
+		f.csrs = append(f.csrs, call)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	bundle := f.bundle
+	if bundle == nil {
+		bundle = f.signer.RootPEM()
+	}
+	call.serial = cert.Serial
+	f.csrs = append(f.csrs, call)
+	return &securityv1alpha1.IstioCertificateResponse{CertChain: []string{string(cert.ChainPEM), string(bundle)}}, nil
+}
+
+// setCA makes the fake sign with signer and send bundle as the trust
+// bundle (signer's root when nil), and stop refusing.
+func (f *fakeMeshd) setCA(signer *ca.CA, bundle []byte) {
+	f.mu.Lock()
+	f.signer, f.bundle, f.fail = signer, bundle, codes.OK
+	f.mu.Unlock()
+}
+
+// refuseCSRs makes every certificate request fail with code.
+func (f *fakeMeshd) refuseCSRs(code codes.Code) {
+	f.mu.Lock()
+	f.fail = code
+	f.mu.Unlock()
+}
+
+// signed lists the calls that got a certificate. Call with mu held.
+func (f *fakeMeshd) signed() []csrCall {
+	var out []csrCall
+	for _, c := range f.csrs {
+		if c.serial != "" {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // failListener is a listener name that makes the fake meshd end the
@@ -77,7 +160,8 @@ type recorded struct {
 
 func newFakeMeshd(t *testing.T, addr string) *fakeMeshd {
 	t.Helper()
-	f := &fakeMeshd{t: t, cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), changed: make(chan struct{}), open: map[int64]bool{}}
+	f := &fakeMeshd{t: t, cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil), changed: make(chan struct{}), open: map[int64]bool{},
+		signer: newCA(t, 0)}
 	f.start(addr)
 	t.Cleanup(f.stop)
 	return f
@@ -131,6 +215,7 @@ func (f *fakeMeshd) start(addr string) {
 	}
 	f.srv = grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(f.srv, serverv3.NewServer(context.Background(), f.cache, cb))
+	securityv1alpha1.RegisterIstioCertificateServiceServer(f.srv, fakeCertService{f: f})
 	go func() { _ = f.srv.Serve(lis) }()
 }
 
@@ -139,23 +224,6 @@ func (f *fakeMeshd) stop() { f.srv.Stop() }
 func (f *fakeMeshd) notifyLocked() {
 	close(f.changed)
 	f.changed = make(chan struct{})
-}
-
-// setSecrets publishes a certificate and bundle for the node.
-func (f *fakeMeshd) setSecrets(nodeID string, chain, key, root []byte) {
-	f.t.Helper()
-	f.mu.Lock()
-	f.secrets = []types.Resource{
-		&tlsv3.Secret{Name: SecretDefault, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-			CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: chain}},
-			PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: key}},
-		}}},
-		&tlsv3.Secret{Name: SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: root}},
-		}}},
-	}
-	f.mu.Unlock()
-	f.publish(nodeID)
 }
 
 // setListeners publishes (empty) listeners with these names for the node,
@@ -176,7 +244,7 @@ func (f *fakeMeshd) publish(nodeID string) {
 	f.mu.Lock()
 	f.version++
 	v := fmt.Sprint(f.version)
-	res := map[resourcev3.Type][]types.Resource{resourcev3.SecretType: f.secrets, resourcev3.ListenerType: f.listeners}
+	res := map[resourcev3.Type][]types.Resource{resourcev3.ListenerType: f.listeners}
 	f.mu.Unlock()
 	snap, err := cachev3.NewSnapshot(v, res)
 	if err != nil {
@@ -217,22 +285,14 @@ func (f *fakeMeshd) waitFor(what string, cond func() bool) {
 	}
 }
 
-func newCA(t *testing.T) *ca.CA {
+// newCA is a CA with workload lifetime ttl (0: the default, 24h).
+func newCA(t *testing.T, ttl time.Duration) *ca.CA {
 	t.Helper()
-	c, err := ca.New(ca.Options{Dir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	c, err := ca.New(ca.Options{Dir: t.TempDir(), WorkloadTTL: ttl}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
-}
-
-func issue(t *testing.T, c *ca.CA) *ca.Certificate {
-	t.Helper()
-	cert, err := c.Issue(testNS, "product")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }
 
 func startAgent(t *testing.T, opts Options) *Agent {
@@ -241,7 +301,9 @@ func startAgent(t *testing.T, opts Options) *Agent {
 	if opts.CertDir == "" {
 		opts.CertDir = t.TempDir()
 	}
-	opts.Log = slog.New(slog.DiscardHandler)
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
 	a, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -268,29 +330,34 @@ func readFile(t *testing.T, path string) []byte {
 	return b
 }
 
+// The agent makes its key, has meshd sign a request for it with its token
+// and node ID, writes key, chain and bundle, and renews at half the
+// lifetime with a new key.
 func TestAgentWritesAndRotatesCertificates(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
-	authority := newCA(t)
+	const ttl = 10 * time.Second // the CA's shortest: renewal after about 5s
+	authority := newCA(t, ttl)
+	meshd.setCA(authority, nil)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("token-one\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAgent(t, Options{XDSAddress: meshd.addr, TokenFile: tokenFile})
-	first := issue(t, authority)
-	meshd.setSecrets(a.NodeID(), first.ChainPEM, []byte(first.KeyPEM), authority.RootPEM())
-
 	if err := a.WaitForCertificate(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	dir := a.CertDir()
-	if got := readFile(t, filepath.Join(dir, CertChainFile)); !bytes.Equal(got, first.ChainPEM) {
-		t.Errorf("%s does not hold the served chain", CertChainFile)
+	first, _ := a.Certificate()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, CertChainFile), filepath.Join(dir, KeyFile))
+	if err != nil {
+		t.Fatalf("the files on disk do not form a key pair: %v", err)
 	}
-	if got := readFile(t, filepath.Join(dir, KeyFile)); !bytes.Equal(got, []byte(first.KeyPEM)) {
-		t.Errorf("%s does not hold the served key", KeyFile)
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(dir, RootCertFile)); !bytes.Equal(got, authority.RootPEM()) {
-		t.Errorf("%s does not hold the served bundle", RootCertFile)
+		t.Errorf("%s does not hold the bundle meshd sent", RootCertFile)
 	}
 	st, err := os.Stat(filepath.Join(dir, KeyFile))
 	if err != nil {
@@ -299,42 +366,46 @@ func TestAgentWritesAndRotatesCertificates(t *testing.T) {
 	if mode := st.Mode().Perm(); mode != 0o600 {
 		t.Errorf("%s has mode %o, want 600", KeyFile, mode)
 	}
-	got, _ := a.Certificate()
-	if got.Serial != first.Serial || got.SPIFFEID != "spiffe://cluster.local/ns/default/sa/product" {
-		t.Errorf("Certificate() = %+v, want serial %s and the product SPIFFE ID", got, first.Serial)
+	if first.Serial != leaf.SerialNumber.Text(16) || first.SPIFFEID != "spiffe://cluster.local/ns/default/sa/product" {
+		t.Errorf("Certificate() = %+v, want the file's serial and the product SPIFFE ID", first)
 	}
-	meshd.waitFor("the bearer token", func() bool { return len(meshd.tokens) > 0 })
 	meshd.mu.Lock()
-	if meshd.tokens[0] != "Bearer token-one" {
-		t.Errorf("authorization = %q, want %q", meshd.tokens[0], "Bearer token-one")
-	}
+	call := meshd.csrs[0]
 	meshd.mu.Unlock()
+	if call.token != "Bearer token-one" || call.nodeID != a.NodeID() {
+		t.Errorf("the request came with authorization %q and node ID %q, want %q and %q", call.token, call.nodeID, "Bearer token-one", a.NodeID())
+	}
+	if call.csr == nil || !leaf.PublicKey.(*ecdsa.PublicKey).Equal(call.csr.PublicKey) {
+		t.Errorf("the certificate on disk is not for the key of the request meshd signed")
+	}
+	if pub, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() {
+		t.Errorf("the workload key is %T, want ECDSA P-256", leaf.PublicKey)
+	}
 
-	// Rotation: a new certificate replaces the files.
-	second := issue(t, authority)
-	meshd.setSecrets(a.NodeID(), second.ChainPEM, []byte(second.KeyPEM), authority.RootPEM())
-	rotated, err := a.WaitForNewCertificate(ctxTimeout(t, 10*time.Second), first.Serial)
+	// Renewal at half the lifetime, with a new key.
+	rotated, err := a.WaitForNewCertificate(ctxTimeout(t, 15*time.Second), first.Serial)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rotated.Serial != second.Serial {
-		t.Errorf("rotated serial = %s, want %s", rotated.Serial, second.Serial)
+	meshd.mu.Lock()
+	calls := meshd.signed()
+	meshd.mu.Unlock()
+	if len(calls) != 2 {
+		t.Fatalf("meshd signed %d requests, want 2", len(calls))
 	}
-	if got := readFile(t, filepath.Join(dir, CertChainFile)); !bytes.Equal(got, second.ChainPEM) {
-		t.Errorf("%s was not rewritten with the rotated chain", CertChainFile)
+	if gap := calls[1].at.Sub(calls[0].at); gap < 4*time.Second || gap > 7*time.Second {
+		t.Errorf("renewed %s after the first certificate, want about half of %s", gap.Round(time.Millisecond), ttl)
 	}
-	if _, err := tls.LoadX509KeyPair(filepath.Join(dir, CertChainFile), filepath.Join(dir, KeyFile)); err != nil {
-		t.Errorf("the files on disk do not form a key pair after rotation: %v", err)
+	if rotated.Serial != calls[1].serial {
+		t.Errorf("rotated serial = %s, want %s", rotated.Serial, calls[1].serial)
 	}
-	// Each response was ACKed with its version.
-	meshd.waitFor("the ACK of the rotated secrets", func() bool {
-		for _, r := range meshd.requests {
-			if r.req.GetTypeUrl() == resourcev3.SecretType && r.req.GetVersionInfo() == "2" && r.req.GetErrorDetail() == nil {
-				return true
-			}
-		}
-		return false
-	})
+	again, err := tls.LoadX509KeyPair(filepath.Join(dir, CertChainFile), filepath.Join(dir, KeyFile))
+	if err != nil {
+		t.Fatalf("the files on disk do not form a key pair after rotation: %v", err)
+	}
+	if bytes.Equal(again.Certificate[0], pair.Certificate[0]) || calls[0].csr.PublicKey.(*ecdsa.PublicKey).Equal(calls[1].csr.PublicKey) {
+		t.Errorf("the renewal kept the old certificate or key")
+	}
 	// No temporary files are left behind.
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
@@ -344,72 +415,71 @@ func TestAgentWritesAndRotatesCertificates(t *testing.T) {
 	}
 }
 
-func TestAgentKeepsFilesDuringOutageAndRereadsToken(t *testing.T) {
+// When renewal fails the workload keeps its files, and the agent retries
+// with growing waits, reading the token file again each time.
+func TestAgentKeepsFilesWhenRenewalFails(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
-	authority := newCA(t)
+	meshd.setCA(newCA(t, 10*time.Second), nil)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("before"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAgent(t, Options{XDSAddress: meshd.addr, TokenFile: tokenFile})
-	cert := issue(t, authority)
-	meshd.setSecrets(a.NodeID(), cert.ChainPEM, []byte(cert.KeyPEM), authority.RootPEM())
 	if err := a.WaitForCertificate(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
+	first, _ := a.Certificate()
+	files := certFiles(t, a)
 
-	// meshd goes away; the projected token rotates meanwhile.
-	meshd.stop()
+	meshd.refuseCSRs(codes.Unavailable)
 	if err := os.WriteFile(tokenFile, []byte("after"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // a few failed attempts
-	if got := readFile(t, filepath.Join(a.CertDir(), CertChainFile)); !bytes.Equal(got, cert.ChainPEM) {
-		t.Fatal("the certificate file changed while meshd was down")
+	const failures = 4
+	meshd.waitFor("failed renewals", func() bool { return len(meshd.csrs)-1 >= failures })
+	if got := certFiles(t, a); !slices.EqualFunc(got, files, bytes.Equal) {
+		t.Error("the certificate files changed although renewal failed")
+	}
+	if c, _ := a.Certificate(); c.Serial != first.Serial {
+		t.Errorf("certificate serial = %s after failed renewals, want the first, %s", c.Serial, first.Serial)
+	}
+	meshd.mu.Lock()
+	failed := slices.Clone(meshd.csrs[1:])
+	meshd.mu.Unlock()
+	for i := 2; i < len(failed); i++ {
+		if prev, gap := failed[i-1].at.Sub(failed[i-2].at), failed[i].at.Sub(failed[i-1].at); gap <= prev {
+			t.Errorf("retry %d came %s after the one before, which came %s after its own; want growing waits", i, gap, prev)
+		}
+	}
+	if failed[0].token != "Bearer after" {
+		t.Errorf("a renewal sent authorization %q, want the re-read token %q", failed[0].token, "Bearer after")
 	}
 
-	// meshd is back on the same address with a fresh cache.
-	back := newFakeMeshd(t, meshd.addr)
-	renewed := issue(t, authority)
-	back.setSecrets(a.NodeID(), renewed.ChainPEM, []byte(renewed.KeyPEM), authority.RootPEM())
-	if _, err := a.WaitForNewCertificate(ctxTimeout(t, 15*time.Second), cert.Serial); err != nil {
-		t.Fatalf("no certificate after meshd came back: %v", err)
-	}
-	back.mu.Lock()
-	defer back.mu.Unlock()
-	if len(back.tokens) == 0 || back.tokens[0] != "Bearer after" {
-		t.Errorf("tokens after reconnect = %q, want the re-read token %q", back.tokens, "Bearer after")
+	meshd.refuseCSRs(codes.OK)
+	if _, err := a.WaitForNewCertificate(ctxTimeout(t, 15*time.Second), first.Serial); err != nil {
+		t.Fatalf("no certificate after meshd signed again: %v", err)
 	}
 }
 
 func TestAgentRejectsCertificateFromAnotherCA(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
-	trusted, other := newCA(t), newCA(t)
-	a := startAgent(t, Options{XDSAddress: meshd.addr})
-	foreign := issue(t, other)
-	meshd.setSecrets(a.NodeID(), foreign.ChainPEM, []byte(foreign.KeyPEM), trusted.RootPEM())
-
-	meshd.waitFor("a NACK", func() bool {
-		for _, r := range meshd.requests {
-			if r.req.GetErrorDetail() != nil {
-				if !strings.Contains(r.req.GetErrorDetail().GetMessage(), "does not chain to the trust bundle") {
-					t.Errorf("NACK message = %q, want it to say the chain does not verify", r.req.GetErrorDetail().GetMessage())
-				}
-				return true
-			}
-		}
-		return false
-	})
+	trusted, other := newCA(t, 0), newCA(t, 0)
+	meshd.setCA(other, trusted.RootPEM())
+	var logs xdstest.Buffer
+	a := startAgent(t, Options{XDSAddress: meshd.addr, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	meshd.waitFor("two answers", func() bool { return len(meshd.signed()) >= 2 })
 	if _, err := os.Stat(filepath.Join(a.CertDir(), CertChainFile)); !os.IsNotExist(err) {
 		t.Errorf("a certificate that does not verify was written (stat: %v)", err)
 	}
 	if _, ok := a.Certificate(); ok {
-		t.Error("Certificate() reports a certificate after a NACK")
+		t.Error("Certificate() reports a certificate that does not verify")
+	}
+	if !strings.Contains(logs.String(), "does not chain to the trust bundle") {
+		t.Errorf("the agent's log does not say why it refused the certificate:\n%s", logs.String())
 	}
 
 	// A good one afterwards is accepted.
-	good := issue(t, trusted)
-	meshd.setSecrets(a.NodeID(), good.ChainPEM, []byte(good.KeyPEM), trusted.RootPEM())
+	meshd.setCA(trusted, nil)
 	if err := a.WaitForCertificate(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -418,8 +488,8 @@ func TestAgentRejectsCertificateFromAnotherCA(t *testing.T) {
 // TestBootstrapDrivesGRPCThroughTheAgent feeds the agent's bootstrap to
 // gRPC's own xDS resolver: gRPC must accept it and reach the agent's
 // socket, and the agent must relay the LDS request of each channel to
-// meshd on a stream of its own, under its node, next to the certificate
-// session. gRPC-Go opens an xDS stream per dial target; none may knock
+// meshd on a stream of its own, under its node, and ask meshd for no
+// secret. gRPC-Go opens an xDS stream per dial target; none may knock
 // another off.
 func TestBootstrapDrivesGRPCThroughTheAgent(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
@@ -467,16 +537,12 @@ func TestBootstrapDrivesGRPCThroughTheAgent(t *testing.T) {
 	ldsStream := map[string]int64{}
 	problems := map[string]bool{}
 	meshd.waitFor("each channel's LDS request", func() bool {
-		sds := meshd.sdsStreams()
 		for _, r := range meshd.requests {
 			if r.req.GetTypeUrl() != resourcev3.ListenerType {
 				continue
 			}
 			if r.req.GetNode() != nil && r.req.GetNode().GetId() != a.NodeID() {
 				problems[fmt.Sprintf("relayed request node = %q, want %q", r.req.GetNode().GetId(), a.NodeID())] = true
-			}
-			if slices.Contains(sds, r.stream) {
-				problems[fmt.Sprintf("the workload's LDS request came on the certificate session's stream %d", r.stream)] = true
 			}
 			for _, n := range r.req.GetResourceNames() {
 				if slices.Contains(targets, n) {
@@ -502,19 +568,15 @@ func TestBootstrapDrivesGRPCThroughTheAgent(t *testing.T) {
 			t.Errorf("the stream relaying %s was closed while its channel lives", target)
 		}
 	}
-	if sds := meshd.sdsStreams(); len(sds) != 1 || !meshd.open[sds[0]] {
-		t.Errorf("certificate session streams = %v (open: %v), want one that stays open", sds, meshd.open)
+	if sds := meshd.sdsStreams(); len(sds) != 0 {
+		t.Errorf("streams %v asked meshd for secrets; the agent gets its certificate by CSR only", sds)
 	}
 }
 
 func TestRunPropagatesExitStatusAndBootstrap(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
-	authority := newCA(t)
 	dir := t.TempDir()
 	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: dir, Log: slog.New(slog.DiscardHandler)}
-	nodeID := "sidecar~127.0.0.12~product-0.default~default.svc.cluster.local"
-	cert := issue(t, authority)
-	meshd.setSecrets(nodeID, cert.ChainPEM, []byte(cert.KeyPEM), authority.RootPEM())
 
 	var out bytes.Buffer
 	code, err := Run(context.Background(), opts,
@@ -541,7 +603,8 @@ func TestRunPropagatesExitStatusAndBootstrap(t *testing.T) {
 }
 
 func TestRunTimesOutWithoutCertificate(t *testing.T) {
-	meshd := newFakeMeshd(t, "") // serves no secrets
+	meshd := newFakeMeshd(t, "")
+	meshd.refuseCSRs(codes.Unavailable)
 	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: t.TempDir(),
 		CertTimeout: 300 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
 	code, err := Run(context.Background(), opts, []string{"true"}, IO{})
@@ -572,45 +635,26 @@ func TestNewRejectsBadIdentity(t *testing.T) {
 	}
 }
 
-func TestParseSecretsChecksTheKeyPair(t *testing.T) {
-	authority := newCA(t)
-	one, two := issue(t, authority), issue(t, authority)
-	resp := func(chain, key, root []byte) *discoveryv3.DiscoveryResponse {
-		f := &fakeMeshd{t: t, cache: cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)}
-		f.setSecrets("n", chain, key, root)
-		snap, _ := f.cache.GetSnapshot("n")
-		var r discoveryv3.DiscoveryResponse
-		for _, res := range snap.GetResources(resourcev3.SecretType) {
-			a, err := anyOf(res)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.Resources = append(r.Resources, a)
+func TestNewSecretSetChecksTheKeyPair(t *testing.T) {
+	authority := newCA(t, 0)
+	issue := func() *ca.Certificate {
+		cert, err := authority.Issue(testNS, "product")
+		if err != nil {
+			t.Fatal(err)
 		}
-		return &r
+		return cert
 	}
-	if _, err := parseSecrets(resp(one.ChainPEM, []byte(two.KeyPEM), authority.RootPEM()), nil); err == nil {
-		t.Error("a chain with another certificate's key was accepted")
+	one, two := issue(), issue()
+	if _, err := newSecretSet(one.ChainPEM, []byte(two.KeyPEM), authority.RootPEM()); err == nil || !strings.Contains(err.Error(), "do not form a key pair") {
+		t.Errorf("a chain with another certificate's key: err = %v, want a key pair error", err)
 	}
-	s, err := parseSecrets(resp(one.ChainPEM, []byte(one.KeyPEM), authority.RootPEM()), nil)
+	s, err := newSecretSet(one.ChainPEM, []byte(one.KeyPEM), authority.RootPEM())
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, _ := x509.ParseCertificate(mustDER(t, one.ChainPEM))
-	if s.cert.Serial != leaf.SerialNumber.Text(16) || s.cert.Serial != one.Serial {
+	if s.cert.Serial != one.Serial {
 		t.Errorf("serial = %s, want %s", s.cert.Serial, one.Serial)
 	}
-}
-
-func anyOf(r types.Resource) (*anypb.Any, error) { return anypb.New(r) }
-
-func mustDER(t *testing.T, p []byte) []byte {
-	t.Helper()
-	blk, _ := pem.Decode(p)
-	if blk == nil {
-		t.Fatal("no PEM block")
-	}
-	return blk.Bytes
 }
 
 // TestRunForwardsSignals: the signals a workload uses (here SIGHUP for a
@@ -618,11 +662,8 @@ func mustDER(t *testing.T, p []byte) []byte {
 // command's status, not killed by them itself.
 func TestRunForwardsSignals(t *testing.T) {
 	meshd := newFakeMeshd(t, "")
-	authority := newCA(t)
 	dir := t.TempDir()
 	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: dir, Log: slog.New(slog.DiscardHandler)}
-	cert := issue(t, authority)
-	meshd.setSecrets("sidecar~127.0.0.12~product-0.default~default.svc.cluster.local", cert.ChainPEM, []byte(cert.KeyPEM), authority.RootPEM())
 
 	ready := filepath.Join(t.TempDir(), "ready")
 	script := `trap 'echo hup' HUP; trap 'echo term; exit 9' TERM; : > "` + ready + `"; while :; do sleep 0.05; done`
@@ -659,7 +700,8 @@ func TestRunForwardsSignals(t *testing.T) {
 // still waits for its first certificate ends it with 128+15 and never
 // starts the command.
 func TestRunStopsOnSignalBeforeTheWorkloadStarts(t *testing.T) {
-	meshd := newFakeMeshd(t, "") // serves no secrets: the agent waits
+	meshd := newFakeMeshd(t, "")
+	meshd.refuseCSRs(codes.Unavailable) // the agent waits
 	opts := Options{Pod: testPod, Namespace: testNS, IP: testIP, XDSAddress: meshd.addr, CertDir: t.TempDir(),
 		CertTimeout: time.Minute, Log: slog.New(slog.DiscardHandler)}
 	started := filepath.Join(t.TempDir(), "started")

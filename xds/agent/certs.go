@@ -8,15 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-)
-
-// Secret names meshd serves over SDS, the names Istio uses.
-const (
-	SecretDefault = "default"
-	SecretRootCA  = "ROOTCA"
 )
 
 // Certificate describes the workload certificate on disk; never the key.
@@ -27,80 +18,50 @@ type Certificate struct {
 	NotAfter  time.Time
 }
 
-// secretSet is a validated SDS response.
+// secretSet is a workload certificate chain, its key and the trust
+// bundle, checked to belong together.
 type secretSet struct {
 	chain, key, root []byte
 	cert             Certificate
 }
 
-// parseSecrets extracts and checks the workload certificate and trust
-// bundle from an SDS response. prev supplies a part the response does not
-// carry: in SOTW an absent secret is not a deletion.
-func parseSecrets(resp *discoveryv3.DiscoveryResponse, prev *secretSet) (*secretSet, error) {
-	s := &secretSet{}
-	if prev != nil {
-		*s = *prev
-	}
-	for _, res := range resp.GetResources() {
-		var sec tlsv3.Secret
-		if err := res.UnmarshalTo(&sec); err != nil {
-			return nil, fmt.Errorf("a resource in the SDS response is not a Secret: %w", err)
-		}
-		switch sec.GetName() {
-		case SecretDefault:
-			tc := sec.GetTlsCertificate()
-			chain := tc.GetCertificateChain().GetInlineBytes()
-			key := tc.GetPrivateKey().GetInlineBytes()
-			if len(chain) == 0 || len(key) == 0 {
-				return nil, errors.New(`secret "default" has no inline certificate chain and private key`)
-			}
-			s.chain, s.key = chain, key
-		case SecretRootCA:
-			root := sec.GetValidationContext().GetTrustedCa().GetInlineBytes()
-			if len(root) == 0 {
-				return nil, errors.New(`secret "ROOTCA" has no inline trusted CA`)
-			}
-			s.root = root
-		}
-	}
-	if s.chain == nil || s.root == nil {
-		return nil, nil // not complete yet; wait for the other secret
-	}
-	pair, err := tls.X509KeyPair(s.chain, s.key)
+// newSecretSet checks that chain and key form a key pair and that the
+// chain verifies to the bundle in root, so that files that would make
+// every handshake fail are never written.
+func newSecretSet(chain, key, root []byte) (*secretSet, error) {
+	pair, err := tls.X509KeyPair(chain, key)
 	if err != nil {
-		return nil, fmt.Errorf(`secret "default": the certificate chain and private key do not form a key pair: %w`, err)
+		return nil, fmt.Errorf("the certificate chain and private key do not form a key pair: %w", err)
 	}
 	leaf, err := x509.ParseCertificate(pair.Certificate[0])
 	if err != nil {
-		return nil, fmt.Errorf(`secret "default": %w`, err)
+		return nil, fmt.Errorf("the workload certificate: %w", err)
 	}
 	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(s.root) {
-		return nil, errors.New(`secret "ROOTCA" holds no PEM certificate`)
+	if !roots.AppendCertsFromPEM(root) {
+		return nil, errors.New("the trust bundle holds no PEM certificate")
 	}
 	inter := x509.NewCertPool()
 	for _, der := range pair.Certificate[1:] {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, fmt.Errorf(`secret "default": an intermediate certificate: %w`, err)
+			return nil, fmt.Errorf("an intermediate certificate: %w", err)
 		}
 		inter.AddCert(c)
 	}
-	// A certificate that does not chain to the bundle would make every
-	// handshake fail; refusing it keeps the last good files in place.
 	if _, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 		CurrentTime:   leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2),
 	}); err != nil {
-		return nil, fmt.Errorf(`secret "default" does not chain to the trust bundle in "ROOTCA": %w`, err)
+		return nil, fmt.Errorf("the workload certificate does not chain to the trust bundle: %w", err)
 	}
-	s.cert = Certificate{
+	s := &secretSet{chain: chain, key: key, root: root, cert: Certificate{
 		Serial:    leaf.SerialNumber.Text(16),
 		NotBefore: leaf.NotBefore,
 		NotAfter:  leaf.NotAfter,
-	}
+	}}
 	for _, u := range leaf.URIs {
 		if u.Scheme == "spiffe" {
 			s.cert.SPIFFEID = u.String()

@@ -77,7 +77,7 @@ func (e upstreamError) Unwrap() error { return e.err }
 // the agent's node and token, and responses back, until either side ends.
 // An upstream failure ends the workload stream with Unavailable, so that
 // gRPC reconnects it and keeps its configuration meanwhile; other workload
-// streams and the certificate session are not touched.
+// streams and the certificate are not touched.
 //
 // Only this goroutine sends on down, and it waits for nothing after
 // returning, so nothing is sent on down once the handler is done.
@@ -122,9 +122,9 @@ func (a *Agent) relay(down discoveryv3.AggregatedDiscoveryService_StreamAggregat
 				return
 			}
 			if req.GetTypeUrl() == resourcev3.SecretType {
-				// Secrets reach the workload as files only, and the
-				// certificate session is the one stream that asks for
-				// them, so meshd issues the certificate once.
+				// Secrets reach the workload as files only, from a key
+				// the agent made; passing this on would have meshd
+				// make a key and send it over the network.
 				if !warned {
 					a.log.Warn("ignoring an SDS request from the workload; its certificates come from the agent's files", "names", req.GetResourceNames())
 					warned = true

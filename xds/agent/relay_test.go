@@ -147,14 +147,11 @@ func (w *workloadStream) stillOpen() {
 func meshWithCertificate(t *testing.T) (*fakeMeshd, *Agent) {
 	t.Helper()
 	meshd := newFakeMeshd(t, "")
-	authority := newCA(t)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokenFile, []byte("workload-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a := startAgent(t, Options{XDSAddress: meshd.addr, TokenFile: tokenFile})
-	cert := issue(t, authority)
-	meshd.setSecrets(a.NodeID(), cert.ChainPEM, []byte(cert.KeyPEM), authority.RootPEM())
 	if err := a.WaitForCertificate(ctxTimeout(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -171,17 +168,17 @@ func certFiles(t *testing.T, a *Agent) [][]byte {
 	return out
 }
 
-// checkCertificateSession checks that meshd saw exactly one stream ask for
-// secrets, that it is still open, and that the files and the certificate
-// are still those of before.
+// checkCertificateSession checks that no stream asked meshd for secrets,
+// that meshd signed one certificate, and that the files and the
+// certificate are still those of before: workload streams, whatever
+// happens to them, never touch the certificate.
 func checkCertificateSession(t *testing.T, meshd *fakeMeshd, a *Agent, files [][]byte, serial string) {
 	t.Helper()
 	meshd.mu.Lock()
-	sds := meshd.sdsStreams()
-	open := len(sds) == 1 && meshd.open[sds[0]]
+	sds, csrs := meshd.sdsStreams(), len(meshd.csrs)
 	meshd.mu.Unlock()
-	if !open {
-		t.Errorf("streams that asked meshd for secrets: %v; want one, still open (workload streams must not restart the certificate session)", sds)
+	if len(sds) != 0 || csrs != 1 {
+		t.Errorf("streams that asked meshd for secrets: %v, certificate requests: %d; want none and one", sds, csrs)
 	}
 	if got := certFiles(t, a); !slices.EqualFunc(got, files, bytes.Equal) {
 		t.Error("the certificate files changed although meshd rotated nothing")
@@ -217,17 +214,13 @@ func TestAgentRelaysConcurrentWorkloadStreams(t *testing.T) {
 		w.stillOpen()
 	}
 
-	// meshd saw one stream per workload stream besides the certificate
-	// session, each with the token and the agent's node.
+	// meshd saw one stream per workload stream, each with the token and
+	// the agent's node.
 	meshd.mu.Lock()
-	sds := meshd.sdsStreams()
 	lds := map[string]int64{}
 	for _, r := range meshd.requests {
 		if r.req.GetTypeUrl() != resourcev3.ListenerType {
 			continue
-		}
-		if slices.Contains(sds, r.stream) {
-			t.Errorf("a workload request came on the certificate session's stream %d", r.stream)
 		}
 		if got := r.req.GetNode().GetId(); got != a.NodeID() {
 			t.Errorf("relayed request node = %q, want the agent's %q", got, a.NodeID())
@@ -242,8 +235,8 @@ func TestAgentRelaysConcurrentWorkloadStreams(t *testing.T) {
 	if ids := slices.Compact(slices.Sorted(maps.Values(lds))); len(ids) != len(names) {
 		t.Errorf("the %d workload streams were relayed on meshd streams %v; want one each", len(names), ids)
 	}
-	if len(meshd.tokens) != len(names)+1 {
-		t.Errorf("meshd saw %d streams, want %d (one per workload stream and the certificate session)", len(meshd.tokens), len(names)+1)
+	if len(meshd.tokens) != len(names) {
+		t.Errorf("meshd saw %d streams, want %d (one per workload stream)", len(meshd.tokens), len(names))
 	}
 	for i, tok := range meshd.tokens {
 		if tok != "Bearer workload-token" {
@@ -288,13 +281,13 @@ func TestAgentEndsOnlyTheWorkloadStreamThatEnded(t *testing.T) {
 		defer meshd.mu.Unlock()
 		return len(meshd.open)
 	}
-	if n := openUpstream(); n != 4 {
-		t.Fatalf("meshd has %d streams open, want 4 (three workload streams and the certificate session)", n)
+	if n := openUpstream(); n != 3 {
+		t.Fatalf("meshd has %d streams open, want 3 (one per workload stream)", n)
 	}
 
 	// The workload closes one stream: its upstream stream closes too.
 	streams[0].cancel()
-	meshd.waitFor("the closed workload stream's upstream stream to close", func() bool { return len(meshd.open) == 3 })
+	meshd.waitFor("the closed workload stream's upstream stream to close", func() bool { return len(meshd.open) == 2 })
 
 	// meshd ends another stream's upstream: only that workload stream
 	// ends, with Unavailable, so that gRPC reconnects it.
@@ -306,10 +299,10 @@ func TestAgentEndsOnlyTheWorkloadStreamThatEnded(t *testing.T) {
 	if !strings.Contains(st.Message(), "the test refuses") {
 		t.Errorf("status message = %q, want it to carry meshd's reason", st.Message())
 	}
-	meshd.waitFor("the failed upstream stream to be gone", func() bool { return len(meshd.open) == 2 })
+	meshd.waitFor("the failed upstream stream to be gone", func() bool { return len(meshd.open) == 1 })
 
-	// The third stream still gets updates, and the certificate session
-	// carried on through all of it.
+	// The third stream still gets updates, and the certificate was not
+	// touched by any of it.
 	meshd.setListeners(a.NodeID(), names...)
 	streams[2].expect(fmt.Sprint(meshd.version))
 	streams[2].stillOpen()

@@ -2,59 +2,117 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
-	"math/rand/v2"
+	mathrand "math/rand/v2"
 	"os"
 	"strings"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/structpb"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+
+	"github.com/minimesh/minimesh/xds/auth"
 )
 
 // Backoff between attempts to reach meshd.
 const (
 	backoffMin = 100 * time.Millisecond
 	backoffMax = 5 * time.Second
-	// stableAfter: a session that lasted this long resets the backoff.
-	stableAfter = 10 * time.Second
+	// csrTimeout bounds one certificate request.
+	csrTimeout = 10 * time.Second
 )
 
-// certLoop keeps the certificate session to meshd open until ctx ends.
-// Workload streams come and go on their own upstream streams and never
-// restart it, so meshd sees one steady SDS subscriber per node.
+// certLoop gets the workload's certificate by CSR until ctx ends: at
+// once, then again at half the lifetime of each certificate it got. A
+// request that fails leaves the files as they are, so the workload keeps
+// serving with the certificate it has, and is retried with backoff.
 func (a *Agent) certLoop(ctx context.Context) {
-	var (
-		backoff = backoffMin
-		prev    *secretSet
-	)
+	backoff := backoffMin
 	for ctx.Err() == nil {
-		start := time.Now()
-		got, err := a.certSession(ctx, &prev)
+		renewAt, err := a.renew(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		if got || time.Since(start) > stableAfter {
+		wait := time.Until(renewAt)
+		if err != nil {
+			wait = backoff + mathrand.N(backoff/4+1)
+			a.log.Warn("could not get a certificate from meshd; the workload keeps its certificate files, retrying",
+				"meshd", a.opts.XDSAddress, "retry_in", wait.Round(time.Millisecond), "error", err)
+			backoff = min(backoff*2, backoffMax)
+		} else {
 			backoff = backoffMin
 		}
-		a.log.Warn("lost the connection to meshd; the workload keeps its certificate files and last configuration, retrying",
-			"meshd", a.opts.XDSAddress, "retry_in", backoff.Round(time.Millisecond), "error", err)
-		wait := time.NewTimer(backoff + rand.N(backoff/4+1))
+		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			wait.Stop()
+			timer.Stop()
 			return
-		case <-wait.C:
+		case <-timer.C:
 		}
-		backoff = min(backoff*2, backoffMax)
 	}
 }
 
+// renew makes a new key, has meshd sign a request for it and writes key,
+// chain and bundle together. It returns when the certificate is due for
+// renewal: half its remaining lifetime from now. Only the CSR leaves the
+// agent; the key goes to disk and nowhere else.
+func (a *Agent) renew(ctx context.Context) (time.Time, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("generating the workload key: %w", err)
+	}
+	// No subject or SANs: meshd takes the identity from the token (or,
+	// without authentication, from the pod the node ID names).
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("creating the certificate request: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("encoding the workload key: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, csrTimeout)
+	defer cancel()
+	ctx, err = a.withToken(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	resp, err := a.ca.CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{
+		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			auth.MetadataNodeID: structpb.NewStringValue(a.node.GetId()),
+		}},
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("asking meshd to sign a certificate: %w", err)
+	}
+	received := time.Now()
+	chain := resp.GetCertChain()
+	if len(chain) < 2 {
+		return time.Time{}, fmt.Errorf("meshd answered with %d certificates; want the workload certificate and, last, the trust bundle", len(chain))
+	}
+	s, err := newSecretSet([]byte(strings.Join(chain[:len(chain)-1], "")),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), []byte(chain[len(chain)-1]))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("meshd's answer: %w", err)
+	}
+	if err := s.write(a.opts.CertDir); err != nil {
+		return time.Time{}, fmt.Errorf("writing the certificate files: %w", err)
+	}
+	c := s.cert
+	a.setCertificate(&c)
+	a.log.Info("wrote workload certificate", "spiffe_id", c.SPIFFEID, "serial", c.Serial, "not_after", c.NotAfter, "dir", a.opts.CertDir)
+	return received.Add(c.NotAfter.Sub(received) / 2), nil
+}
+
 // withToken returns ctx carrying the bearer token for meshd, read from the
-// token file now: projected tokens rotate, so every new stream reads it.
+// token file now: projected tokens rotate, so every new call reads it.
 func (a *Agent) withToken(ctx context.Context) (context.Context, error) {
 	if a.opts.TokenFile == "" {
 		return ctx, nil
@@ -68,93 +126,4 @@ func (a *Agent) withToken(ctx context.Context) (context.Context, error) {
 		return nil, fmt.Errorf("the token file %s is empty", a.opts.TokenFile)
 	}
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t), nil
-}
-
-// certSession runs one upstream ADS stream that asks only for the
-// workload's secrets, writes them to files and ACKs them. It returns
-// whether any response arrived and why the stream ended; it runs until the
-// stream fails or ctx ends.
-func (a *Agent) certSession(ctx context.Context, prev **secretSet) (got bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ctx, err = a.withToken(ctx)
-	if err != nil {
-		return false, err
-	}
-	up, err := a.ads.StreamAggregatedResources(ctx)
-	if err != nil {
-		return false, fmt.Errorf("opening an ADS stream to meshd: %w", err)
-	}
-	sdsNames := []string{SecretDefault, SecretRootCA}
-	if err := up.Send(&discoveryv3.DiscoveryRequest{
-		Node:          a.node,
-		TypeUrl:       resourcev3.SecretType,
-		ResourceNames: sdsNames,
-	}); err != nil {
-		return false, fmt.Errorf("requesting secrets from meshd: %w", upstreamErr(up))
-	}
-	acceptedSDS := ""
-	for {
-		resp, err := up.Recv()
-		if err != nil {
-			return got, fmt.Errorf("receiving secrets from meshd: %w", err)
-		}
-		got = true
-		if resp.GetTypeUrl() != resourcev3.SecretType {
-			// This stream subscribes to nothing else; a response of
-			// another type needs no ACK here.
-			a.log.Debug("ignoring a response of a type the certificate session did not ask for", "type", resp.GetTypeUrl())
-			continue
-		}
-		ack := &discoveryv3.DiscoveryRequest{
-			TypeUrl:       resourcev3.SecretType,
-			ResourceNames: sdsNames,
-			ResponseNonce: resp.GetNonce(),
-			VersionInfo:   resp.GetVersionInfo(),
-		}
-		if err := a.handleSecrets(resp, prev); err != nil {
-			a.log.Error("rejecting certificates from meshd; keeping the files already written", "version", resp.GetVersionInfo(), "error", err)
-			ack.VersionInfo = acceptedSDS
-			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
-		} else {
-			acceptedSDS = resp.GetVersionInfo()
-		}
-		if err := up.Send(ack); err != nil {
-			return got, fmt.Errorf("acknowledging secrets: %w", upstreamErr(up))
-		}
-	}
-}
-
-// upstreamErr returns the real status of a stream whose Send failed: Send
-// only reports io.EOF, Recv reports why. Only for a stream whose responses
-// nobody else is receiving.
-func upstreamErr(up discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient) error {
-	for {
-		if _, rerr := up.Recv(); rerr != nil {
-			return rerr
-		}
-	}
-}
-
-// handleSecrets validates an SDS response and writes the files.
-func (a *Agent) handleSecrets(resp *discoveryv3.DiscoveryResponse, prev **secretSet) error {
-	s, err := parseSecrets(resp, *prev)
-	if err != nil {
-		return err
-	}
-	if s == nil {
-		return nil
-	}
-	if *prev != nil && (*prev).cert.Serial == s.cert.Serial && string((*prev).root) == string(s.root) {
-		*prev = s
-		return nil // same certificate; nothing to rewrite
-	}
-	if err := s.write(a.opts.CertDir); err != nil {
-		return fmt.Errorf("writing the certificate files: %w", err)
-	}
-	*prev = s
-	c := s.cert
-	a.setCertificate(&c)
-	a.log.Info("wrote workload certificate", "spiffe_id", c.SPIFFEID, "serial", c.Serial, "not_after", c.NotAfter, "dir", a.opts.CertDir)
-	return nil
 }

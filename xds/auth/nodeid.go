@@ -13,6 +13,12 @@ import (
 // workloads use it too, as in Istio.
 const NodeTypeSidecar = "sidecar"
 
+// MetadataNodeID is the key of a certificate request's metadata
+// (IstioCertificateRequest.metadata) that carries the caller's node ID.
+// meshd reads it only with authentication off, to find the pod whose
+// identity to issue, as it does for an xDS stream.
+const MetadataNodeID = "minimesh.io/node-id"
+
 // nodeIDForm is quoted in every parse error so a user sees what to send.
 const nodeIDForm = "sidecar~<pod IP>~<pod>.<namespace>~<namespace>.svc.cluster.local"
 

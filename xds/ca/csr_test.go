@@ -3,13 +3,17 @@ package ca
 import (
 	"bytes"
 	"crypto"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func makeCSR(t *testing.T, key crypto.Signer, tmpl *x509.CertificateRequest) []byte {
@@ -34,7 +38,7 @@ func TestSignCSRUsesTheAuthenticatedIdentity(t *testing.T) {
 		URIs:        []*url.URL{evil},
 		IPAddresses: nil,
 	})
-	cert, err := c.SignCSR(csrPEM, "default", "web")
+	cert, err := c.SignCSR(csrPEM, "default", "web", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,14 +80,87 @@ func TestSignCSRErrors(t *testing.T) {
 		{"not DER", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte("junk")}), "default", "web", "is not valid"},
 		{"bad signature", badSig, "default", "web", "bad signature"},
 		{"weak RSA key", makeCSR(t, rsaKey(t, 1024), &x509.CertificateRequest{}), "default", "web", "1024 bits is too small"},
+		{"Ed25519 key", makeCSR(t, ed25519Key(t), &x509.CertificateRequest{}), "default", "web", "ed25519.PublicKey keys are not supported"},
+		{"too large", append(bytes.Repeat([]byte("#"), MaxCSRSize), good...), "default", "web", "more than the 65536 a request may have"},
 		{"bad identity", good, "default", "a/b", `service account "a/b"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := c.SignCSR(tt.csr, tt.ns, tt.sa)
+			_, err := c.SignCSR(tt.csr, tt.ns, tt.sa, 0)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tt.want)
 			}
+			if badRequest := tt.name != "bad identity"; errors.Is(err, ErrBadCSR) != badRequest {
+				t.Errorf("errors.Is(err, ErrBadCSR) = %v, want %v", !badRequest, badRequest)
+			}
 		})
 	}
+}
+
+// TestSignCSRMakesNoKey is the contract of the workload path: what it
+// returns holds no private key anywhere, and the certificate is for the
+// request's own public key, so the key can only be the one the caller made.
+func TestSignCSRMakesNoKey(t *testing.T) {
+	now, _ := fakeClock(t0)
+	c := newSelfSigned(t, t.TempDir(), now)
+	key := mustKey(t)
+	cert, err := c.SignCSR(makeCSR(t, key, &x509.CertificateRequest{}), "default", "web", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := reflect.ValueOf(*cert)
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Uint8 && bytes.Contains(f.Bytes(), []byte("PRIVATE KEY")) {
+			t.Errorf("Certificate.%s holds a private key", v.Type().Field(i).Name)
+		}
+	}
+	if len(cert.KeyPEM) != 0 {
+		t.Errorf("KeyPEM is %d bytes, want none", len(cert.KeyPEM))
+	}
+	for i, b := 0, cert.ChainPEM; ; i++ {
+		var block *pem.Block
+		if block, b = pem.Decode(b); block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			t.Errorf("chain block %d is %q, want only certificates", i, block.Type)
+		}
+	}
+	leaf := verifyLeaf(t, cert.ChainPEM, c.RootPEM(), now())
+	if !key.PublicKey.Equal(leaf.PublicKey) {
+		t.Errorf("the certificate is for another key than the request's")
+	}
+}
+
+func TestSignCSRLifetime(t *testing.T) {
+	now, _ := fakeClock(t0)
+	c := newSelfSigned(t, t.TempDir(), now) // workload lifetime 24h
+	csr := makeCSR(t, mustKey(t), &x509.CertificateRequest{})
+	for _, tt := range []struct {
+		ask, want time.Duration
+	}{
+		{0, DefaultWorkloadTTL},
+		{-time.Hour, DefaultWorkloadTTL},
+		{time.Hour, time.Hour},
+		{365 * 24 * time.Hour, DefaultWorkloadTTL},
+		{time.Second, minWorkloadTTL},
+	} {
+		cert, err := c.SignCSR(csr, "default", "web", tt.ask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cert.NotAfter.Sub(t0); got != tt.want {
+			t.Errorf("asked for %s: lifetime %s, want %s", tt.ask, got, tt.want)
+		}
+	}
+}
+
+func ed25519Key(t *testing.T) ed25519.PrivateKey {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -125,7 +125,7 @@ func (s *ServingCertificate) issue() (*tls.Certificate, time.Time, error) {
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("generating the key of %s: %w", what, err)
 	}
-	now, notBefore, notAfter, err := c.validity(what)
+	now, notBefore, notAfter, err := c.validity(what, c.ttl)
 	if err != nil {
 		return nil, time.Time{}, err
 	}
