@@ -430,22 +430,7 @@ func (m *kubeMesh) delete(t *testing.T, resource, group, ns, name string) {
 func (m *kubeMesh) startMeshd() {
 	t, ctx := m.t, m.t.Context()
 	t.Helper()
-	m.apply(t, string(kubesource.RBAC())+`
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: minimesh-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: meshd, namespace: minimesh-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: minimesh-meshd}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: minimesh-meshd}
-subjects: [{kind: ServiceAccount, name: meshd, namespace: minimesh-system}]
-`)
+	m.apply(t, string(kubesource.RBAC())+kubeenv.MeshdAccount+kubeenv.MeshdBinding)
 	exp := int64(3600)
 	tr, err := m.admin.CoreV1().ServiceAccounts("minimesh-system").CreateToken(ctx, "meshd",
 		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})

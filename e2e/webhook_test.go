@@ -43,22 +43,7 @@ func TestKubernetesWebhook(t *testing.T) {
 	if err := env.Apply(ctx, kubesource.CRDs(), kubeenv.ApplyOptions{}); err != nil {
 		t.Fatalf("apply the CRDs: %v", err)
 	}
-	if err := env.Apply(ctx, append(kubesource.RBAC(), []byte(`
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: minimesh-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: meshd, namespace: minimesh-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: minimesh-meshd}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: minimesh-meshd}
-subjects: [{kind: ServiceAccount, name: meshd, namespace: minimesh-system}]
----
+	if err := env.Apply(ctx, append(kubesource.RBAC(), []byte(kubeenv.MeshdAccount+kubeenv.MeshdBinding+`---
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop}

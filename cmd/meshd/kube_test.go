@@ -89,15 +89,7 @@ func TestServeKubernetesWaitsForLists(t *testing.T) {
 	if err := env.Apply(ctx, kubesource.CRDs(), kubeenv.ApplyOptions{}); err != nil {
 		t.Fatalf("apply the CRDs: %v", err)
 	}
-	if err := env.Apply(ctx, []byte(`
-apiVersion: v1
-kind: Namespace
-metadata: {name: minimesh-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: meshd, namespace: minimesh-system}
----
+	if err := env.Apply(ctx, []byte(kubeenv.MeshdAccount+`---
 apiVersion: v1
 kind: Namespace
 metadata: {name: shop}
@@ -159,14 +151,7 @@ spec:
 		}
 	}
 
-	if err := env.Apply(ctx, append(kubesource.RBAC(), `
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: minimesh-meshd}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: minimesh-meshd}
-subjects: [{kind: ServiceAccount, name: meshd, namespace: minimesh-system}]
-`...), kubeenv.ApplyOptions{}); err != nil {
+	if err := env.Apply(ctx, append(kubesource.RBAC(), kubeenv.MeshdBinding...), kubeenv.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// The informers back off after a forbidden list; give them time.

@@ -37,16 +37,7 @@ func token(t *testing.T, c kubernetes.Interface, ns, sa string) string {
 func TestDebugAPIWithTokenReviewAndSubjectAccessReview(t *testing.T) {
 	env := kubeenv.Start(t)
 	ctx := t.Context()
-	manifest := string(kubesource.RBAC()) + `
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: minimesh-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: meshd, namespace: minimesh-system}
----
+	manifest := string(kubesource.RBAC()) + kubeenv.MeshdAccount + `---
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: reader, namespace: minimesh-system}
@@ -54,13 +45,7 @@ metadata: {name: reader, namespace: minimesh-system}
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: stranger, namespace: minimesh-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: minimesh-meshd}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: minimesh-meshd}
-subjects: [{kind: ServiceAccount, name: meshd, namespace: minimesh-system}]
----
+` + kubeenv.MeshdBinding + `---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {name: minimesh-debug-reader}
