@@ -12,7 +12,10 @@
 // would refuse or a YAML tag outside the core ones is an error naming the
 // file, the line of the field and what is allowed. A bad object is skipped
 // and everything else loads; a file that is not valid YAML is skipped as a
-// whole, and while watching, its last valid version stays in force.
+// whole. While watching, a mistake never removes what was served: a file
+// that stops parsing keeps its last valid version, and an object whose new
+// version is refused keeps its last valid one (history.go); only removing
+// an object removes it.
 // Directories are read by one function (readTree) for meshd and `meshctl
 // validate` alike: every entry that cannot be used (a named pipe, a device,
 // a dangling or looping link, an unreadable file, one over MaxFileSize, one
