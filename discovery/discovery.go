@@ -1,7 +1,8 @@
 // Package discovery is where the mesh's inputs enter minimesh. A source (a
-// directory of manifests in discovery/file, a Kubernetes API server later)
-// watches its inputs and publishes complete model snapshots; it never
-// publishes deltas. Everything downstream (policy resolution, translation,
+// directory of manifests in discovery/file, a Kubernetes API server in
+// discovery/kubernetes) watches its inputs and publishes complete model
+// snapshots; it never publishes deltas. Both keep an object's last valid
+// version in force when a newer one is refused (model.Held). Everything downstream (policy resolution, translation,
 // the xDS server) reads only those snapshots, so no later stage knows or
 // cares where the mesh was described.
 package discovery
