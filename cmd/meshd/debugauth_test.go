@@ -129,14 +129,7 @@ func TestServeDebugAuthToken(t *testing.T) {
 	}()
 	defer func() {
 		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve returned %v after cancel, want nil", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("serve did not stop after its context ended")
-		}
+		waitServeStopped(t, done, 10*time.Second)
 	}()
 	waitFor(t, 10*time.Second, "/readyz", func() bool {
 		code, _ := httpGet("http://" + mon + "/readyz")

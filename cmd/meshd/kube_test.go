@@ -117,14 +117,7 @@ spec:
 	}()
 	t.Cleanup(func() {
 		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve returned %v after cancel, want nil", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("serve did not stop after its context ended")
-		}
+		waitServeStopped(t, done, 15*time.Second)
 		if t.Failed() {
 			t.Logf("meshd log:\n%s", stderr.String())
 		}

@@ -87,14 +87,7 @@ func TestServeLoadsAndWatches(t *testing.T) {
 	})
 
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("serve returned %v after cancel, want nil", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop after its context ended")
-	}
+	waitServeStopped(t, done, 10*time.Second)
 }
 
 func TestCommandLine(t *testing.T) {
@@ -182,5 +175,20 @@ func TestAccessLogFlags(t *testing.T) {
 		if cfg.AccessLog != c.want {
 			t.Errorf("%q: access log %+v, want %+v", args, cfg.AccessLog, c.want)
 		}
+	}
+}
+
+// waitServeStopped waits for a `meshd serve` whose context was cancelled
+// to return, and fails the test if it returns an error or takes longer
+// than within.
+func waitServeStopped(t *testing.T, done <-chan error, within time.Duration) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve returned %v after cancel, want nil", err)
+		}
+	case <-time.After(within):
+		t.Error("serve did not stop after its context ended")
 	}
 }
