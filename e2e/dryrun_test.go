@@ -15,14 +15,20 @@ import (
 // arrived yet. (The marker needs a method product has: gRPC-Go answers an
 // unknown method with Unimplemented before its RBAC runs.)
 func dryRunDeny(value string) string {
+	return denyProductPath("trial-deny-writes", "/demo.v1.Product/UpdateProduct",
+		"  annotations:\n    istio.io/dry-run: \""+value+"\"\n") +
+		"---\n" + denyProductPath("marker-"+value, "/demo.v1.Product/GetProduct", "")
+}
+
+// denyProductPath is a DENY AuthorizationPolicy for one path of product;
+// metadata is extra lines under metadata (indented two spaces).
+func denyProductPath(name, path, metadata string) string {
 	return `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata:
-  name: trial-deny-writes
+  name: ` + name + `
   namespace: default
-  annotations:
-    istio.io/dry-run: "` + value + `"
-spec:
+` + metadata + `spec:
   selector:
     matchLabels:
       app: product
@@ -30,22 +36,7 @@ spec:
   rules:
   - to:
     - operation:
-        paths: ["/demo.v1.Product/UpdateProduct"]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: marker-` + value + `
-  namespace: default
-spec:
-  selector:
-    matchLabels:
-      app: product
-  action: DENY
-  rules:
-  - to:
-    - operation:
-        paths: ["/demo.v1.Product/GetProduct"]
+        paths: ["` + path + `"]
 `
 }
 
